@@ -1,0 +1,29 @@
+"""Backbones: functional Keras models mapping a normalised face image to feature maps and an embedding.
+
+Every backbone is a `keras.Model` with one input named "image", shape (H, W, 3), float32, already normalised as
+(pixel - 127.5) / 128, and a dict output with exactly the keys "stem", "stage1" .. "stage4" (NHWC feature maps) and
+"embedding" ([N, embedding_size], not L2-normalised). Importing this package registers every backbone.
+
+    >>> model = get_backbone("iresnet50", embedding_size=512)
+    >>> outputs = model(images)            # outputs["stage3"]: [N, 14, 14, 256] at 112x112
+"""
+from typing import List
+
+import keras
+
+from tfface.registry import Registry
+
+BACKBONES = Registry("backbone")
+
+
+def available() -> List[str]:
+    """Names of the registered backbones, sorted."""
+    return BACKBONES.available()
+
+
+def get_backbone(name: str, **options) -> keras.Model:
+    """Builds backbone `name`; unknown names and unknown options raise ValueError naming them."""
+    return BACKBONES.build(name, **options)
+
+
+from tfface.backbones import tiny  # noqa: E402,F401  (registration side effects)
