@@ -21,9 +21,19 @@ def available() -> List[str]:
     return BACKBONES.available()
 
 
-def get_backbone(name: str, **options) -> keras.Model:
-    """Builds backbone `name`; unknown names and unknown options raise ValueError naming them."""
-    return BACKBONES.build(name, **options)
+def get_backbone(name: str, /, **options) -> keras.Model:
+    """Builds backbone `name` with `options`; `name=` among the options is the model's name.
+
+    Unknown names and unknown options raise ValueError naming them. (`Registry.build(name, **options)` cannot take a
+    `name` option, so the builder is looked up and called here.)
+    """
+    builder = BACKBONES.get(name)
+    try:
+        return builder(**options)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            raise ValueError(f"backbone '{name}': {error}") from None
+        raise
 
 
 from tfface.backbones import tiny  # noqa: E402,F401  (registration side effects)
