@@ -1,0 +1,262 @@
+"""The tf.data reader: TFRecord shards (see `schema`) -> augmented, normalised dict batches.
+
+Geometry conventions: landmark pixel coordinates are continuous (the image spans [0, W] x [0, H]), so a resize
+scales them by the size ratio, a crop subtracts its offset, and a horizontal flip maps x to W - x and swaps the
+left/right landmark indices. Emitted landmarks are normalised by the output image size: (x / w, y / h).
+"""
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfface.data import schema
+from tfface.data.writer import read_description
+
+EXTRA_FEATURES = ("landmarks", "pose", "light", "attributes", "true_label", "depth", "albedo", "source_id")
+
+# new_landmarks[i] = mirrored_landmarks[permutation[i]]
+LANDMARK_FLIP_PERMUTATIONS = {
+    # left eye, right eye, nose, left mouth corner, right mouth corner
+    5: (1, 0, 2, 4, 3),
+    # iBUG 68: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, outer mouth 48-59, inner mouth 60-67
+    68: (
+        16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,
+        26, 25, 24, 23, 22, 21, 20, 19, 18, 17,
+        27, 28, 29, 30,
+        35, 34, 33, 32, 31,
+        45, 44, 43, 42, 47, 46,
+        39, 38, 37, 36, 41, 40,
+        54, 53, 52, 51, 50, 49, 48,
+        59, 58, 57, 56, 55,
+        64, 63, 62, 61, 60,
+        67, 66, 65,
+    ),
+}
+
+# Mirroring negates yaw and roll, keeps pitch.
+POSE_FLIP_SIGNS = (-1.0, 1.0, -1.0)
+
+
+def normalize_images(images):
+    """uint8 (or float in [0, 255]) pixels, any shape -> float32 (pixel - 127.5) / 128, in [-0.996, 0.996]."""
+    return (keras.ops.cast(images, "float32") - 127.5) / 128.0
+
+
+def denormalize_images(images):
+    """Inverse of `normalize_images`: float32 -> uint8 pixels, rounded and clipped to [0, 255]."""
+    pixels = keras.ops.clip(keras.ops.round(keras.ops.cast(images, "float32") * 128.0 + 127.5), 0.0, 255.0)
+    return keras.ops.cast(pixels, "uint8")
+
+
+def flip_landmarks(landmarks, width):
+    """Mirror pixel landmarks [..., M, 2] of an image `width` pixels wide: x -> width - x, left/right swapped.
+
+    M must be 5 or 68 (see LANDMARK_FLIP_PERMUTATIONS).
+    """
+    landmarks = tf.convert_to_tensor(landmarks, tf.float32)
+    num_points = landmarks.shape[-2]
+    if num_points not in LANDMARK_FLIP_PERMUTATIONS:
+        raise ValueError(
+            f"no left/right flip permutation for {num_points} landmarks; known layouts: "
+            f"{sorted(LANDMARK_FLIP_PERMUTATIONS)} points (use flip=False for other layouts)"
+        )
+    mirrored = tf.stack([tf.cast(width, tf.float32) - landmarks[..., 0], landmarks[..., 1]], axis=-1)
+    return tf.gather(mirrored, LANDMARK_FLIP_PERMUTATIONS[num_points], axis=-2)
+
+
+def _size_pair(name: str, value) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be an int or a pair (height, width) of ints >= 1, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_features(features, description: dict, data_dir: Path, prefix: str) -> tuple:
+    features = tuple(features)
+    unknown = [name for name in features if name not in EXTRA_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown features {unknown}; available: {list(EXTRA_FEATURES)}")
+    for name in features:
+        if name != "source_id" and not description["has"].get(name, False):
+            present = description.get("present_counts", {}).get(name, 0)
+            raise ValueError(
+                f"feature {name!r} was requested, but data set {prefix!r} in {data_dir} does not have it "
+                f"(present in {present} of {description['num_examples']} examples)"
+            )
+    return features
+
+
+def _read_records(files: list[str], training: bool, seed) -> tf.data.Dataset:
+    """Serialized records: shards interleaved in parallel (shuffled) in training, in written order otherwise."""
+    if not training:
+        return tf.data.TFRecordDataset(files)
+    shards = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+    return shards.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+class _Augmenter:
+    """Per-example geometry: resize to `image_size`, crop to `crop_size`, optional flip, normalise."""
+
+    def __init__(self, image_size, crop_size, training: bool, flip: bool, features: tuple, feature_shapes: dict):
+        self.feature_shapes = feature_shapes
+        self.image_size = image_size
+        self.crop_size = crop_size
+        self.training = training
+        self.flip = flip and training
+        self.features = features
+
+    def decode(self, serialized) -> dict:
+        fields = [name for name in self.features if name in schema.OPTIONAL_FIELDS]
+        parsed = schema.parse_example(serialized, fields=fields)
+        example = {key: parsed[key] for key in ("image", "label", *self.features)}
+        for name, shape in self.feature_shapes.items():
+            if name in example:
+                example[name] = tf.ensure_shape(example[name], shape)
+        return example
+
+    def _crop_offset(self, free, seed):
+        if self.training:
+            return tf.random.stateless_uniform([], seed, minval=0, maxval=free + 1, dtype=tf.int32)
+        return free // 2
+
+    def __call__(self, example: dict, element_seed=None) -> dict:
+        example = dict(example)
+        height, width = self.image_size
+        stored = tf.shape(example["image"])
+        image = tf.cond(
+            tf.logical_and(tf.equal(stored[0], height), tf.equal(stored[1], width)),
+            lambda: tf.cast(example["image"], tf.float32),
+            lambda: tf.image.resize(example["image"], self.image_size, antialias=True),
+        )
+        image = tf.ensure_shape(image, [height, width, 3])
+        landmarks = None
+        if "landmarks" in example:
+            scale = tf.cast(tf.stack([width / stored[1], height / stored[0]]), tf.float32)
+            landmarks = example["landmarks"] * scale
+
+        if self.crop_size is not None:
+            crop_h, crop_w = self.crop_size
+            top = self._crop_offset(height - crop_h, None if element_seed is None else tf.stack([element_seed, 0]))
+            left = self._crop_offset(width - crop_w, None if element_seed is None else tf.stack([element_seed, 1]))
+            image = image[top:top + crop_h, left:left + crop_w]
+            image = tf.ensure_shape(image, [crop_h, crop_w, 3])
+            if landmarks is not None:
+                landmarks = landmarks - tf.cast(tf.stack([left, top]), tf.float32)
+            height, width = crop_h, crop_w
+
+        if self.flip:
+            do_flip = tf.random.stateless_uniform([], tf.stack([element_seed, 2])) < 0.5
+
+            def maybe(flipped, value):
+                return tf.cond(do_flip, lambda: flipped, lambda: value)
+
+            image = maybe(tf.reverse(image, axis=[1]), image)
+            if landmarks is not None:
+                landmarks = maybe(flip_landmarks(landmarks, width), landmarks)
+            if "pose" in example:
+                example["pose"] = maybe(example["pose"] * tf.constant(POSE_FLIP_SIGNS), example["pose"])
+            for name in ("depth", "albedo"):
+                if name in example:
+                    example[name] = maybe(tf.reverse(example[name], axis=[1]), example[name])
+
+        example["image"] = normalize_images(image)
+        if landmarks is not None:
+            example["landmarks"] = landmarks / tf.constant([width, height], tf.float32)
+        return example
+
+
+def make_dataset(
+    data_dir,
+    *,
+    prefix: str = "train",
+    batch_size: int,
+    image_size=None,
+    training: bool = True,
+    flip: bool = True,
+    crop_size=None,
+    features=(),
+    shuffle_buffer: int = 4096,
+    repeat: bool | None = None,
+    cache=False,
+    seed: int | None = None,
+    drop_remainder: bool | None = None,
+) -> tf.data.Dataset:
+    """Batches of dicts from the shards of `data_dir/<prefix>.json` (written by ShardedTFRecordWriter).
+
+    Each batch: "image" float32 [N, h, w, 3] normalised by `normalize_images`, "label" int32 [N], plus each name in
+    `features` (any of EXTRA_FEATURES): "landmarks" float32 [N, M, 2] as (x / w, y / h) of the output image,
+    "pose" float32 [N, 3] (yaw, pitch, roll in degrees; yaw and roll negated on flip), "light" float32 [N, L],
+    "attributes" float32 [N, A], "true_label" int32 [N], "depth" float32 [N, h', w'], "albedo" float32
+    [N, h', w', 3] (canonical maps, mirrored with the image, never resized or cropped), "source_id" string [N].
+    Light and attributes are passed through a flip unchanged (their meaning is data-set specific): use flip=False
+    where they must stay consistent with the image.
+
+    Args:
+      image_size: int or (h, w) the images are resized to; defaults to the stored size of the first image.
+      training: shuffle shards and examples, random crop and random horizontal flip (if `flip`); otherwise the
+        examples come in written order with a centre crop.
+      crop_size: int or (h, w) crop taken from the resized image; output size is crop_size (else image_size).
+      repeat, drop_remainder: default to `training`.
+      cache: True caches decoded images in memory, a str caches them in that file.
+      seed: makes shuffling and augmentation reproducible.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data directory not found: {data_dir}")
+    description = read_description(data_dir, prefix)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(shuffle_buffer, (int, np.integer)) or shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer must be an int >= 1, got {shuffle_buffer!r}")
+    if description["num_examples"] == 0:
+        raise ValueError(f"data set {prefix!r} in {data_dir} has no examples")
+    features = _check_features(features, description, data_dir, prefix)
+    image_size = _size_pair("image_size", image_size) or tuple(description["image_size"])
+    crop_size = _size_pair("crop_size", crop_size)
+    if crop_size is not None and (crop_size[0] > image_size[0] or crop_size[1] > image_size[1]):
+        raise ValueError(f"crop_size {crop_size} is larger than image_size {image_size}")
+    if training and flip and "landmarks" in features:
+        num_points = description["num_landmarks"]
+        if num_points not in LANDMARK_FLIP_PERMUTATIONS:
+            raise ValueError(
+                f"cannot flip {num_points} landmarks of data set {prefix!r} in {data_dir}: known layouts are "
+                f"{sorted(LANDMARK_FLIP_PERMUTATIONS)} points; pass flip=False"
+            )
+    files = [str(data_dir / name) for name in description["shards"]]
+    missing = [path for path in files if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"shards listed in {data_dir / (prefix + '.json')} are missing: {missing}")
+    repeat = training if repeat is None else repeat
+    drop_remainder = training if drop_remainder is None else drop_remainder
+
+    augment = _Augmenter(image_size, crop_size, training, flip, features, description.get("feature_shapes", {}))
+    dataset = _read_records(files, training, seed).apply(
+        tf.data.experimental.assert_cardinality(description["num_examples"])
+    )
+    if cache:
+        dataset = dataset.map(augment.decode, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.cache("" if cache is True else str(cache))
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+
+    def prepare(record, element_seed=None):
+        return augment(record if cache else augment.decode(record), element_seed)
+
+    if training:
+        seeds = tf.data.Dataset.random(seed=seed)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = not training or seed is not None
+    return dataset.with_options(options)
