@@ -1,6 +1,8 @@
 """A name -> builder registry shared by backbones, heads, regularizers and branches."""
 from typing import Callable, Dict, List
 
+from tfface.errors import ConfigError
+
 
 class Registry:
     """Maps names to builder callables; unknown names raise one clear error listing the known ones."""
@@ -25,7 +27,7 @@ class Registry:
 
     def get(self, name: str) -> Callable:
         if name not in self._builders:
-            raise ValueError(f"unknown {self.kind} '{name}'; available: {', '.join(self.available())}")
+            raise ConfigError(f"unknown {self.kind} '{name}'; available: {', '.join(self.available())}")
         return self._builders[name]
 
     def build(self, name: str, **options):
@@ -35,5 +37,5 @@ class Registry:
             return builder(**options)
         except TypeError as error:
             if "unexpected keyword argument" in str(error):
-                raise ValueError(f"{self.kind} '{name}': {error}") from None
+                raise ConfigError(f"{self.kind} '{name}': {error}") from None
             raise

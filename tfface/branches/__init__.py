@@ -1,0 +1,4 @@
+"""Auxiliary branches removed at export (APRN pose adversary, LATSE decoder, 3D-BERL bypass), registered by name."""
+from tfface.registry import Registry
+
+BRANCHES = Registry("branch")

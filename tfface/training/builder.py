@@ -1,0 +1,135 @@
+"""Builds a compiled FaceTrainer, its optimizers and its schedule from a resolved config (see config.py)."""
+from typing import Any, Dict, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfface import backbones, heads
+from tfface.branches import BRANCHES
+from tfface.errors import ConfigError
+from tfface.regularizers import REGULARIZERS
+from tfface.training.gates import GATES
+from tfface.training.schedules import WarmupSchedule
+from tfface.training.trainer import FaceTrainer
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+PLUGIN_KEYS = {"name", "weight", "warmup_epochs", "options", "optimizer"}
+
+
+def select_strategy(kind: str) -> tf.distribute.Strategy:
+    """'auto': MirroredStrategy when more than one GPU (or logical CPU device) is visible, else the default."""
+    if kind not in ("auto", "mirrored", "default"):
+        raise ConfigError(f"train.strategy: unknown strategy '{kind}'; available: auto, default, mirrored")
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if kind == "mirrored" or (kind == "auto" and (len(gpus) > 1 or (not gpus and len(cpus) > 1))):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_optimizer(spec: Dict[str, Any], learning_rate, key: str = "optimizer") -> keras.optimizers.Optimizer:
+    """spec: the `optimizer` section (name, momentum, weight_decay, ...); learning_rate: float or schedule."""
+    name = spec.get("name", "sgd")
+    weight_decay = spec.get("weight_decay") or None
+    common = {"learning_rate": learning_rate, "clipnorm": spec.get("clipnorm")}
+    if name == "sgd":
+        return keras.optimizers.SGD(
+            momentum=spec.get("momentum", 0.9), nesterov=spec.get("nesterov", False), weight_decay=weight_decay, **common
+        )
+    adam_options = {"beta_1": spec.get("beta_1", 0.9), "beta_2": spec.get("beta_2", 0.999), "epsilon": spec.get("epsilon", 1e-7)}
+    if name == "adam":
+        return keras.optimizers.Adam(weight_decay=weight_decay, **adam_options, **common)
+    if name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=weight_decay or 0.004, **adam_options, **common)
+    raise ConfigError(f"{key}.name: unknown optimizer '{name}'; available: {', '.join(OPTIMIZERS)}")
+
+
+def build_schedule(spec: Dict[str, Any], steps_per_epoch: int, epochs: int) -> WarmupSchedule:
+    """The `schedule` section with epochs converted to optimizer steps."""
+    try:
+        return WarmupSchedule(
+            kind=spec["name"],
+            learning_rate=spec["learning_rate"],
+            total_steps=steps_per_epoch * epochs,
+            warmup_steps=int(round(spec["warmup_epochs"] * steps_per_epoch)),
+            boundaries=[int(round(epoch * steps_per_epoch)) for epoch in spec["boundaries"]],
+            decay=spec["decay"],
+            min_learning_rate=spec["min_learning_rate"],
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _build_plugin(registry, spec: Dict[str, Any], key: str, steps_per_epoch: int, **extra):
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{key}: each entry needs a 'name', got {spec!r}")
+    unknown = set(spec) - PLUGIN_KEYS
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {', '.join(sorted(unknown))} for '{spec['name']}'")
+    return registry.build(
+        spec["name"],
+        weight=spec.get("weight", 1.0),
+        warmup_steps=int(round(spec.get("warmup_epochs", 0) * steps_per_epoch)),
+        **extra,
+        **spec.get("options", {}),
+    )
+
+
+def input_shape_for(config: Dict[str, Any], description: Dict[str, Any]) -> Sequence[int]:
+    """(H, W, 3) fed to the backbone: crop size, else resize size, else the stored image size."""
+    data = config["data"]
+    size = data["crop_size"] or data["image_size"] or description["image_size"]
+    return (int(size[0]), int(size[1]), 3)
+
+
+def build_trainer(
+    config: Dict[str, Any], num_classes: int, steps_per_epoch: int, input_shape: Sequence[int]
+) -> FaceTrainer:
+    """Builds and compiles the trainer; call inside the strategy scope. Every part is built before it returns."""
+    backbone_options = {"input_shape": tuple(input_shape), **config["backbone"]["options"]}
+    backbone = backbones.get_backbone(config["backbone"]["name"], **backbone_options)
+    head = heads.get_head(config["head"]["name"], num_classes, **config["head"]["options"])
+    epochs = config["train"]["epochs"]
+    regularizers = [
+        _build_plugin(REGULARIZERS, spec, f"regularizers[{index}]", steps_per_epoch)
+        for index, spec in enumerate(config["regularizers"])
+    ]
+    branches = []
+    for index, spec in enumerate(config["branches"]):
+        optimizer = _branch_optimizer(spec, f"branches[{index}]")
+        branches.append(_build_plugin(BRANCHES, spec, f"branches[{index}]", steps_per_epoch, optimizer=optimizer))
+    gate = None
+    if config["gate"]:
+        gate_spec = config["gate"]
+        if "name" not in gate_spec:
+            raise ConfigError(f"gate: needs a 'name', got {gate_spec!r}")
+        gate = GATES.build(gate_spec["name"], **gate_spec.get("options", {}))
+    trainer = FaceTrainer(
+        backbone, head, regularizers=regularizers, branches=branches, gate=gate, frozen=config["train"]["freeze"]
+    )
+    schedule = build_schedule(config["schedule"], steps_per_epoch, epochs)
+    trainer.compile(optimizer=build_optimizer(config["optimizer"], schedule))
+    trainer.build_all(input_shape)
+    return trainer
+
+
+def _branch_optimizer(spec, key: str) -> Optional[keras.optimizers.Optimizer]:
+    """A branch's own optimizer from its `optimizer` map ({name, learning_rate, momentum, ...}, constant rate);
+    None when the map is absent: the main optimizer then trains the branch's cooperative variables."""
+    optimizer_spec = spec.get("optimizer") if isinstance(spec, dict) else None
+    if optimizer_spec is None:
+        return None
+    options = {"weight_decay": 0.0, **optimizer_spec}
+    learning_rate = options.pop("learning_rate", 1e-3)
+    return build_optimizer(options, learning_rate, key=f"{key}.optimizer")
+
+
+def steps_per_epoch_for(config: Dict[str, Any], num_examples: int) -> int:
+    if config["train"]["steps_per_epoch"]:
+        return int(config["train"]["steps_per_epoch"])
+    steps = num_examples // config["train"]["batch_size"]
+    if steps == 0:
+        raise ConfigError(
+            f"train.batch_size {config['train']['batch_size']} is larger than the data set ({num_examples} examples)"
+        )
+    return steps

@@ -1,0 +1,47 @@
+"""Callbacks of a training run: atomic per-epoch checkpoints and backups that survive SIGKILL."""
+import json
+import os
+
+import keras
+
+
+def save_weights_atomically(layer_or_model, path: str) -> None:
+    """Writes `path` (must end in .weights.h5) through a temporary file and a rename, so a kill never truncates it."""
+    temporary = path[: -len(".weights.h5")] + ".partial.weights.h5"
+    layer_or_model.save_weights(temporary, overwrite=True)
+    os.replace(temporary, path)
+
+
+def write_json_atomically(data, path: str) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(temporary, path)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore (restores weights, optimizer state and the epoch when a killed run starts again),
+    with each backup written to a temporary file and renamed, so a kill during the write keeps the previous backup.
+    The backup is kept when training ends: starting a finished run again trains no more epochs."""
+
+    def __init__(self, backup_dir: str, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        save_weights_atomically(self.model, self._weights_path)
+        write_json_atomically(
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen}, self._training_metadata_path
+        )
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the whole trainer every epoch as DIR/epoch-NNN.weights.h5 (1-based), atomically."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        save_weights_atomically(self.model, os.path.join(self.directory, f"epoch-{epoch + 1:03d}.weights.h5"))

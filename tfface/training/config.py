@@ -1,0 +1,155 @@
+"""Training configuration: defaults, YAML loading, `--set key.sub=value` overrides and validation.
+
+A config is a nested dict. Every key a user writes must exist in DEFAULTS (so a typo is one clear error naming the
+key), except under the free-form option maps listed in OPEN_KEYS, which are checked by the builder that receives them
+(a backbone, head, regularizer or branch rejects an option it does not take, by name).
+"""
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+import yaml
+
+from tfface.errors import ConfigError
+
+DEFAULTS: Dict[str, Any] = {
+    "name": "run",
+    "work_dir": None,  # default: runs/<name>
+    "seed": 0,
+    "backbone": {"name": "iresnet50", "options": {}},
+    "head": {"name": "arcface", "options": {}},
+    "data": {
+        "train": None,  # folder with <prefix>-*.tfrecord and <prefix>.json (tools.make_tfrecords, tools.synth)
+        "prefix": "train",
+        "image_size": None,  # [H, W] resize before cropping; default: the stored size
+        "crop_size": None,  # [H, W] random crop in training (the network input); default: no crop
+        "flip": True,
+        "shuffle_buffer": 4096,
+        "cache": False,
+        "features": [],  # extra features the plug-ins read: landmarks, pose, light, true_label, depth, albedo, ...
+    },
+    "train": {
+        "epochs": 10,
+        "batch_size": 128,  # global batch, split across replicas
+        "steps_per_epoch": None,  # default: examples // batch_size
+        "freeze": [],  # parts the main optimizer leaves alone: backbone, head
+        "init_from": None,  # a weights file (.weights.h5) to start from, e.g. a baseline to fine-tune
+        "strategy": "auto",  # auto (mirrored when more than one device is visible) | mirrored | default
+        "checkpoint_every_epoch": True,
+        "verbose": "auto",  # auto: progress bar on a terminal, one line per epoch otherwise
+    },
+    "optimizer": {
+        "name": "sgd",  # sgd | adam | adamw
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 5e-4,
+        "beta_1": 0.9,
+        "beta_2": 0.999,
+        "epsilon": 1e-7,
+        "clipnorm": None,
+    },
+    "schedule": {
+        "name": "piecewise",  # piecewise | cosine | constant
+        "learning_rate": 0.1,
+        "warmup_epochs": 0.0,
+        "boundaries": [],  # piecewise: epochs at which the rate is multiplied by `decay`
+        "decay": 0.1,
+        "min_learning_rate": 0.0,  # cosine: floor
+    },
+    "regularizers": [],  # list of {name, weight, warmup_epochs, options}
+    "branches": [],  # list of {name, weight, warmup_epochs, optimizer, options}
+    "gate": None,  # {name, options}
+    "evaluation": {
+        "pairs_dir": None,  # an LFW-layout folder with pairs.txt, verified every `every_epochs`
+        "every_epochs": 1,
+        "image_size": None,
+        "batch_size": 64,
+    },
+}
+
+# Keys whose values are free-form maps or lists of maps checked by the code that consumes them.
+OPEN_KEYS = {"backbone.options", "head.options", "regularizers", "branches", "gate"}
+
+
+def _merge(base: Dict[str, Any], update: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key '{path}'")
+        if isinstance(base[key], dict) and path not in OPEN_KEYS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+            merged[key] = _merge(base[key], value, prefix=f"{path}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> Dict[str, Any]:
+    """'train.epochs=3' -> {'train': {'epochs': 3}} (the value is read as YAML: numbers, lists, null, ...)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key.sub=value, got '{text}'")
+    dotted, raw = text.split("=", 1)
+    if not dotted:
+        raise ConfigError(f"--set expects key.sub=value, got '{text}'")
+    value = yaml.safe_load(raw) if raw else None
+    nested: Dict[str, Any] = value
+    for key in reversed(dotted.split(".")):
+        nested = {key: nested}
+    return nested
+
+
+def _set_dotted(config: Dict[str, Any], override: Dict[str, Any], prefix: str = "") -> None:
+    """Applies one parsed override; inside OPEN_KEYS maps the keys are set as given."""
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        inside_open = any(prefix.startswith(f"{open_key}.") for open_key in OPEN_KEYS)
+        if key not in config and not inside_open:
+            raise ConfigError(f"unknown config key '{path}'")
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _set_dotted(config[key], value, prefix=f"{path}.")
+        else:
+            config[key] = value
+
+
+def load_config(path: Optional[str], overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """Defaults <- YAML file <- overrides; returns the resolved config with work_dir filled in."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as handle:
+            try:
+                loaded = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path}: invalid YAML: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config must be a mapping at the top level")
+        try:
+            config = _merge(config, loaded)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+        if "name" not in loaded:
+            config["name"] = Path(path).stem
+    for text in overrides:
+        _set_dotted(config, parse_override(text))
+    if config["work_dir"] is None:
+        config["work_dir"] = os.path.join("runs", config["name"])
+    return config
+
+
+def config_hash(config: Dict[str, Any]) -> str:
+    """A short stable hash of the resolved config (exported with models)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def save_config(config: Dict[str, Any], path: str) -> None:
+    """Writes the resolved config as YAML, atomically."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as handle:
+        yaml.safe_dump(config, handle, sort_keys=False)
+    os.replace(temporary, path)

@@ -1,0 +1,140 @@
+"""The extension points of FaceTrainer: regularizers, branches and gates.
+
+Every plug-in is a `keras.layers.Layer` so that its variables are tracked, checkpointed and placed under the
+distribution strategy with the rest of the model. The trainer hands each plug-in a `StepContext` holding what one
+training step computed; a plug-in reads what it needs from it.
+
+Loss convention (what makes MirroredStrategy correct): a loss method returns either a per-example tensor [N]
+(averaged by the trainer over the GLOBAL batch, after multiplication by the gate's weights) or a scalar that is a
+property of the whole model (for example a term on the class-centre matrix), which the trainer divides by the number
+of replicas, because gradients are summed across replicas.
+"""
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import keras
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What one step computed, as seen by the plug-ins (shapes per replica).
+
+    batch: the input dict of the data pipeline ("image" [N, H, W, 3], "label" [N], optional extras).
+    features: the backbone's outputs {"stem", "stage1".."stage4": [N, h, w, c], "embedding": [N, D]}.
+    labels: int32 [N] given labels.
+    head: the margin head (owns `kernel` [D, C]).
+    head_outputs: {"logits", "plain_logits": [N, C] float32}; filled after the head ran.
+    step: int64 scalar, number of optimizer updates before this step.
+    """
+
+    batch: Dict[str, tf.Tensor]
+    features: Dict[str, tf.Tensor]
+    labels: tf.Tensor
+    head: keras.layers.Layer
+    step: tf.Tensor
+    head_outputs: Optional[Dict[str, tf.Tensor]] = None
+
+    def with_stopped_features(self) -> "StepContext":
+        """A copy whose features carry no gradient back to the backbone (for adversary updates)."""
+        stopped = {name: tf.stop_gradient(value) for name, value in self.features.items()}
+        return dataclasses.replace(self, features=stopped)
+
+
+class LossWeight:
+    """A loss weight with an optional linear warm-up from 0 over `warmup_steps` optimizer steps (RegularFace Eq. 15)."""
+
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0):
+        if weight < 0:
+            raise ValueError(f"loss weight must be >= 0, got {weight}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.weight = float(weight)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        """Weight (float32 scalar) at optimizer step `step`."""
+        if self.warmup_steps == 0:
+            return tf.constant(self.weight, tf.float32)
+        ramp = tf.minimum(tf.cast(step, tf.float32) / float(self.warmup_steps), 1.0)
+        return self.weight * ramp
+
+
+class Plugin(keras.layers.Layer):
+    """Shared behaviour of regularizers and branches: a weighted loss and a hook after each update.
+
+    `log_names`: names of the extra scalar metrics `logs` returns (the trainer creates their trackers up front).
+    """
+
+    log_names: Tuple[str, ...] = ()
+
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.loss_weight = LossWeight(weight, warmup_steps)
+
+    def build_for(self, features_spec: Dict[str, tuple], head: keras.layers.Layer) -> None:
+        """Creates variables once the backbone's output shapes (without batch) and the head are known."""
+        self.built = True
+
+    def loss(self, context: StepContext) -> Optional[tf.Tensor]:
+        """Unweighted loss: per-example [N] float32, or a float32 scalar for model-wide terms; None for no loss."""
+        return None
+
+    def after_update(self, context: StepContext) -> None:
+        """Called in replica context after the optimizers applied this step's gradients (centre updates, projections).
+
+        State kept in variables must be updated identically on every replica: all-reduce batch statistics first
+        (`tf.distribute.get_replica_context().all_reduce`) and create such variables with
+        aggregation="only_first_replica".
+        """
+
+    def logs(self, context: StepContext) -> Dict[str, tf.Tensor]:
+        """Values of `log_names` for this step (scalars or per-example; averaged per epoch by the trainer)."""
+        return {}
+
+
+class Regularizer(Plugin):
+    """A loss on the embeddings and/or the head's class centres (center loss, center invariant, exclusive)."""
+
+
+class Branch(Plugin):
+    """An auxiliary network on the backbone's features, removed at export (APRN, LATSE decoder, 3D bypass).
+
+    - `cooperative_variables()`: variables trained together with the backbone on the main loss (decoder, 3D nets),
+      by the branch's own optimizer when it has one, else by the main optimizer.
+    - `adversary_loss(context)`: when not None, an adversary phase runs first each step: this loss, on features
+      that carry no gradient, updates only `adversary_variables()` with the branch's own optimizer.
+    - `loss(context)`: the main-phase term; its gradient reaches the backbone and the cooperative variables only.
+    `has_adversary` says whether the adversary phase runs for this branch.
+    """
+
+    has_adversary: bool = False
+
+    def __init__(self, optimizer: Optional[keras.optimizers.Optimizer] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.optimizer = optimizer
+
+    def cooperative_variables(self) -> List[tf.Variable]:
+        return []
+
+    def adversary_variables(self) -> List[tf.Variable]:
+        return []
+
+    def adversary_loss(self, context: StepContext) -> Optional[tf.Tensor]:
+        return None
+
+
+class Gate(keras.layers.Layer):
+    """Per-example weights on every per-example loss (LATSE's frozen-teacher top-k gate)."""
+
+    log_names: Tuple[str, ...] = ()
+
+    def logs(self, context: StepContext) -> Dict[str, tf.Tensor]:
+        return {}
+
+    def build_for(self, features_spec: Dict[str, tuple], head: keras.layers.Layer) -> None:
+        self.built = True
+
+    def weights_for(self, context: StepContext) -> tf.Tensor:
+        """float32 [N] weights in [0, 1] for the examples of this replica."""
+        raise NotImplementedError

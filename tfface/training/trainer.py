@@ -1,0 +1,212 @@
+"""FaceTrainer: the composed keras.Model that trains a backbone, a margin head and any set of plug-ins in one `fit`.
+
+One step (DESIGN.md, "The one idea"):
+1. forward the backbone once;
+2. adversary phase: each branch with an adversary loss updates its own variables on stop-gradient features;
+3. main phase: identity loss per example, plus per-example plug-in losses, all times the gate's weights and averaged
+   over the global batch; plus model-wide plug-in terms divided by the number of replicas; gradients go to the
+   backbone and head (main optimizer) and to the branches' cooperative variables (their own optimizers);
+4. post-update hooks (centre updates, W projection, mean-image banks).
+Only the backbone's embedding path is kept at export (`call` returns the embedding).
+"""
+from typing import Iterable, List, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfface.training.plugins import Branch, Gate, Plugin, Regularizer, StepContext
+
+FREEZABLE_PARTS = ("backbone", "head")
+
+
+class FaceTrainer(keras.Model):
+    """backbone: keras.Model image -> {"stem".."stage4", "embedding"}; head: MarginHead; plug-ins optional.
+
+    `frozen` names parts ("backbone", "head") whose variables the main optimizer leaves alone; their batch
+    normalization runs in inference mode.
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        head: keras.layers.Layer,
+        regularizers: Sequence[Regularizer] = (),
+        branches: Sequence[Branch] = (),
+        gate: Optional[Gate] = None,
+        frozen: Iterable[str] = (),
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.head = head
+        self.regularizers = list(regularizers)
+        self.branches = list(branches)
+        self.gate = gate
+        self.frozen = tuple(frozen)
+        for part in self.frozen:
+            if part not in FREEZABLE_PARTS:
+                raise ValueError(f"train.freeze: unknown part '{part}'; freezable parts: {', '.join(FREEZABLE_PARTS)}")
+            getattr(self, part).trainable = False
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.identity_loss_tracker = keras.metrics.Mean(name="identity_loss")
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.plugin_trackers = {
+            plugin.name: keras.metrics.Mean(name=f"{plugin.name}_loss") for plugin in self.plugins
+        }
+        self.adversary_trackers = {
+            branch.name: keras.metrics.Mean(name=f"{branch.name}_adversary_loss")
+            for branch in self.branches
+            if branch.has_adversary
+        }
+        self.extra_trackers = {
+            name: keras.metrics.Mean(name=name)
+            for source in self._log_sources()
+            for name in source.log_names
+        }
+
+    # ----------------------------------------------------------------------------------------------- structure
+    @property
+    def plugins(self) -> List[Plugin]:
+        return [*self.regularizers, *self.branches]
+
+    def _log_sources(self) -> List[keras.layers.Layer]:
+        return [*self.plugins] + ([self.gate] if self.gate is not None else [])
+
+    def call(self, images, training=False):
+        """images: float32 [N, H, W, 3] normalised -> embeddings [N, D] (the inference path)."""
+        return self.backbone(images, training=training)["embedding"]
+
+    def build_all(self, input_shape: Sequence[int]) -> None:
+        """Builds backbone, head, plug-ins and every optimizer. Call inside the strategy scope, before `fit`.
+
+        input_shape: (H, W, 3) of the images fed to the backbone.
+        """
+        features = self.backbone(keras.ops.zeros((1, *input_shape)), training=False)
+        if not self.head.built:
+            self.head.build(tuple(features["embedding"].shape))
+        features_spec = {name: tuple(value.shape[1:]) for name, value in features.items()}
+        for plugin in self.plugins:
+            plugin.build_for(features_spec, self.head)
+        if self.gate is not None:
+            self.gate.build_for(features_spec, self.head)
+        self.built = True
+        self.optimizer.build(self._main_variables())
+        for branch in self.branches:
+            if branch.optimizer is not None:
+                variables = list(branch.cooperative_variables()) + list(branch.adversary_variables())
+                branch.optimizer.build(variables)
+
+    def _main_variables(self) -> List[tf.Variable]:
+        """Variables the main optimizer updates: backbone, head and cooperative branch variables of branches
+        that have no optimizer of their own."""
+        variables = list(self.backbone.trainable_variables) + list(self.head.trainable_variables)
+        for branch in self.branches:
+            if branch.optimizer is None:
+                variables += list(branch.cooperative_variables())
+        return variables
+
+    @property
+    def metrics(self):
+        return [
+            self.loss_tracker,
+            self.identity_loss_tracker,
+            self.accuracy_tracker,
+            *self.plugin_trackers.values(),
+            *self.adversary_trackers.values(),
+            *self.extra_trackers.values(),
+        ]
+
+    # ----------------------------------------------------------------------------------------------- losses
+    @staticmethod
+    def _replica_count() -> int:
+        return tf.distribute.get_strategy().num_replicas_in_sync
+
+    def _reduce(self, loss: tf.Tensor, example_weights: Optional[tf.Tensor]) -> tf.Tensor:
+        """Per-example [N] -> gated average over the global batch; scalar -> divided by the replica count."""
+        loss = tf.cast(loss, tf.float32)
+        if loss.shape.rank == 0:
+            return loss / self._replica_count()
+        if example_weights is not None:
+            loss = loss * example_weights
+        return tf.nn.compute_average_loss(loss)
+
+    def _adversary_phase(self, context: StepContext) -> None:
+        """Updates each adversary branch on stop-gradient features with its own optimizer."""
+        stopped = context.with_stopped_features()
+        for branch in self.branches:
+            if not branch.has_adversary:
+                continue
+            variables = branch.adversary_variables()
+            with tf.GradientTape() as tape:
+                loss = branch.adversary_loss(stopped)
+                reduced = self._reduce(loss, None)
+            gradients = tape.gradient(reduced, variables)
+            branch.optimizer.apply(gradients, variables)
+            self.adversary_trackers[branch.name].update_state(tf.reduce_mean(loss))
+
+    def _track(self, tracker: keras.metrics.Mean, value: tf.Tensor) -> None:
+        tracker.update_state(tf.reduce_mean(tf.cast(value, tf.float32)))
+
+    # ----------------------------------------------------------------------------------------------- steps
+    @staticmethod
+    def _unpack(data):
+        """The pipeline's dict batch, whether it came from `fit` (the dict) or `train_on_batch` (x, y, weight)."""
+        batch, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return batch, batch["image"], tf.cast(batch["label"], tf.int32)
+
+    def train_step(self, data):
+        data, images, labels = self._unpack(data)
+        step = self.optimizer.iterations
+        main_variables = self._main_variables()
+        own_optimizer_branches = [b for b in self.branches if b.optimizer is not None]
+        branch_variables = [list(b.cooperative_variables()) for b in own_optimizer_branches]
+        with tf.GradientTape() as tape:
+            features = self.backbone(images, training=True)
+            context = StepContext(batch=data, features=features, labels=labels, head=self.head, step=step)
+            with tape.stop_recording():
+                self._adversary_phase(context)
+            context.head_outputs = self.head(features["embedding"], labels, training=True)
+            example_weights = None if self.gate is None else tf.cast(self.gate.weights_for(context), tf.float32)
+            identity_loss = keras.losses.sparse_categorical_crossentropy(
+                labels, context.head_outputs["logits"], from_logits=True
+            )
+            total = self._reduce(identity_loss, example_weights)
+            for plugin in self.plugins:
+                plugin_loss = plugin.loss(context)
+                if plugin_loss is None:
+                    continue
+                total += plugin.loss_weight(step) * self._reduce(plugin_loss, example_weights)
+                self._track(self.plugin_trackers[plugin.name], plugin_loss)
+        gradients = tape.gradient(total, main_variables + sum(branch_variables, []))
+        self.optimizer.apply(gradients[: len(main_variables)], main_variables)
+        offset = len(main_variables)
+        for branch, variables in zip(own_optimizer_branches, branch_variables):
+            if variables:
+                branch.optimizer.apply(gradients[offset : offset + len(variables)], variables)
+            offset += len(variables)
+        for plugin in self.plugins:
+            plugin.after_update(context)
+
+        self.loss_tracker.update_state(total * self._replica_count())
+        self._track(self.identity_loss_tracker, identity_loss)
+        self.accuracy_tracker.update_state(labels, context.head_outputs["plain_logits"])
+        self._track_plugin_logs(context)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def _track_plugin_logs(self, context: StepContext) -> None:
+        for source in self._log_sources():
+            for name, value in source.logs(context).items():
+                self._track(self.extra_trackers[name], value)
+
+    def test_step(self, data):
+        _, images, labels = self._unpack(data)
+        embeddings = self.backbone(images, training=False)["embedding"]
+        head_outputs = self.head(embeddings, labels, training=False)
+        identity_loss = keras.losses.sparse_categorical_crossentropy(labels, head_outputs["logits"], from_logits=True)
+        self._track(self.identity_loss_tracker, identity_loss)
+        self.loss_tracker.update_state(tf.reduce_mean(identity_loss))
+        self.accuracy_tracker.update_state(labels, head_outputs["plain_logits"])
+        return {
+            metric.name: metric.result()
+            for metric in (self.loss_tracker, self.identity_loss_tracker, self.accuracy_tracker)
+        }

@@ -1,0 +1,152 @@
+"""Train a face-recognition model from a YAML config.
+
+    python -m trainers.train --config trainers/configs/NAME.yaml [--set key.sub=value ...]
+
+The work dir (config `work_dir`, default runs/<name>) holds the resolved config, TensorBoard logs, a CSV history,
+per-epoch checkpoints, a backup from which a killed run resumes when started again, and at the end
+backbone.weights.h5 and head.weights.h5 (what export and fine-tuning read).
+"""
+import argparse
+import os
+import sys
+import time
+from typing import Dict, List, NamedTuple, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfface.data.pipeline import make_dataset  # noqa: E402
+from tfface.data.writer import read_description  # noqa: E402
+from tfface.errors import ConfigError  # noqa: E402
+from tfface.training.builder import (  # noqa: E402
+    build_trainer,
+    input_shape_for,
+    select_strategy,
+    steps_per_epoch_for,
+)
+from tfface.training.callbacks import AtomicBackupAndRestore, EpochCheckpoint, save_weights_atomically  # noqa: E402
+from tfface.training.config import load_config, save_config  # noqa: E402
+
+
+class Prepared(NamedTuple):
+    trainer: keras.Model
+    dataset: tf.data.Dataset
+    description: Dict
+    steps_per_epoch: int
+    strategy: tf.distribute.Strategy
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config (see trainers/configs/)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=3 --set head.options.margin=0.4",
+    )
+    return parser.parse_args(argv)
+
+
+def _verbosity(setting) -> int:
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(setting)
+
+
+def _init_from(trainer, run_dir: str) -> None:
+    """Loads backbone (and head, when its class count matches) weights of an earlier run."""
+    backbone_path = os.path.join(run_dir, "backbone.weights.h5")
+    if not os.path.isfile(backbone_path):
+        raise ConfigError(f"train.init_from: no backbone.weights.h5 in '{run_dir}'")
+    trainer.backbone.load_weights(backbone_path)
+    head_path = os.path.join(run_dir, "head.weights.h5")
+    if os.path.isfile(head_path):
+        try:
+            trainer.head.load_weights(head_path)
+        except ValueError as error:
+            print(f"init_from: head not loaded ({error}); starting the head from scratch")
+
+
+def prepare(config: Dict) -> Prepared:
+    """Everything before `fit`: data, strategy, trainer. Bad input raises ValueError (ConfigError) naming it."""
+    data = config["data"]
+    if not data["train"]:
+        raise ConfigError("data.train is not set (a folder written by tools.make_tfrecords or tools.synth)")
+    if not os.path.isdir(data["train"]):
+        raise ConfigError(f"data.train: folder not found: {data['train']}")
+    description = read_description(data["train"], prefix=data["prefix"])
+    steps_per_epoch = steps_per_epoch_for(config, description["num_examples"])
+    input_shape = input_shape_for(config, description)
+    keras.utils.set_random_seed(config["seed"])
+    strategy = select_strategy(config["train"]["strategy"])
+    dataset = make_dataset(
+        data["train"], prefix=data["prefix"], batch_size=config["train"]["batch_size"], training=True,
+        image_size=data["image_size"], crop_size=data["crop_size"], flip=data["flip"],
+        features=tuple(data["features"]), shuffle_buffer=data["shuffle_buffer"], cache=data["cache"],
+        seed=config["seed"],
+    )
+    with strategy.scope():
+        trainer = build_trainer(config, description["num_classes"], steps_per_epoch, input_shape)
+        if config["train"]["init_from"]:
+            _init_from(trainer, config["train"]["init_from"])
+    return Prepared(trainer, dataset, description, steps_per_epoch, strategy)
+
+
+def callbacks_for(config: Dict) -> List[keras.callbacks.Callback]:
+    work_dir = config["work_dir"]
+    callbacks = [
+        AtomicBackupAndRestore(os.path.join(work_dir, "backup")),
+        keras.callbacks.CSVLogger(os.path.join(work_dir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(log_dir=os.path.join(work_dir, "logs"), write_graph=False),
+    ]
+    if config["train"]["checkpoint_every_epoch"]:
+        callbacks.append(EpochCheckpoint(os.path.join(work_dir, "checkpoints")))
+    return callbacks
+
+
+def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=()) -> keras.callbacks.History:
+    """Runs (or resumes) the training described by a resolved config; returns the Keras history."""
+    trainer, dataset, description, steps_per_epoch, strategy = prepared or prepare(config)
+    work_dir = config["work_dir"]
+    os.makedirs(work_dir, exist_ok=True)
+    save_config(config, os.path.join(work_dir, "config.yaml"))
+    print(
+        f"tfface: {config['backbone']['name']} + {config['head']['name']} on {description['num_examples']} images "
+        f"of {description['num_classes']} identities; {config['train']['epochs']} epochs x {steps_per_epoch} steps, "
+        f"batch {config['train']['batch_size']} over {strategy.num_replicas_in_sync} replica(s); work dir {work_dir}"
+    )
+    started = time.time()
+    history = trainer.fit(
+        dataset,
+        epochs=config["train"]["epochs"],
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[*callbacks_for(config), *extra_callbacks],
+        verbose=_verbosity(config["train"]["verbose"]),
+    )
+    save_weights_atomically(trainer.backbone, os.path.join(work_dir, "backbone.weights.h5"))
+    save_weights_atomically(trainer.head, os.path.join(work_dir, "head.weights.h5"))
+    if history.history:
+        last = {key: values[-1] for key, values in history.history.items()}
+        summary = ", ".join(f"{key} {value:.4f}" for key, value in last.items())
+        print(f"done in {time.time() - started:.0f}s: {summary}")
+    else:
+        print("nothing to train: the backup in the work dir says this run already finished")
+    return history
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    tf.get_logger().setLevel("ERROR")
+    try:
+        config = load_config(args.config, args.overrides)
+        prepared = prepare(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    train(config, prepared)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
