@@ -116,19 +116,40 @@ def _set_dotted(config: Dict[str, Any], override: Dict[str, Any], prefix: str = 
             config[key] = value
 
 
+def _read_yaml(path: str, seen: tuple = ()) -> Dict[str, Any]:
+    """A config file as a dict, with its `base` (a path relative to the file) merged underneath, recursively."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    if path in seen:
+        raise ConfigError(f"{path}: `base` loops back to itself")
+    with open(path) as handle:
+        try:
+            loaded = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the config must be a mapping at the top level")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    return _overlay(_read_yaml(os.path.join(os.path.dirname(path), base), (*seen, path)), loaded)
+
+
+def _overlay(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _overlay(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def load_config(path: Optional[str], overrides: Iterable[str] = ()) -> Dict[str, Any]:
-    """Defaults <- YAML file <- overrides; returns the resolved config with work_dir filled in."""
+    """Defaults <- YAML file (over its `base` files) <- overrides; returns the resolved config with work_dir set."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path) as handle:
-            try:
-                loaded = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as error:
-                raise ConfigError(f"{path}: invalid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the config must be a mapping at the top level")
+        loaded = _read_yaml(path)
         try:
             config = _merge(config, loaded)
         except ConfigError as error:
