@@ -1,0 +1,46 @@
+"""insightface `.bin` verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin, ...).
+
+A `.bin` is a pickle of (list of 2P encoded images (JPEG/PNG bytes), list of P issame flags); images 2i and 2i+1
+form pair i. Evaluation uses contiguous k-fold splits (the file defines no folds).
+"""
+import io
+import pickle
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from tfface.evaluation.readers.pairs import decode_image, stack_images
+
+
+def load_bin(path, image_size: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Loads a `.bin` set -> (images uint8 [2P, H, W, 3] RGB, issame bool [P]).
+
+    Pair i is (images[2i], images[2i + 1]). Images are resized (bilinear) to image_size (height, width) when
+    given. A file that is not such a pickle, or an undecodable image, raises a ValueError naming file and image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f".bin verification set not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            content = pickle.load(handle, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+        raise ValueError(f"{path} is not an insightface .bin pickle: {error}") from None
+    if not isinstance(content, (tuple, list)) or len(content) != 2:
+        raise ValueError(f"{path}: expected a pickled (images, issame) pair, got {type(content).__name__}")
+    encoded, issame = content
+    issame = np.asarray(issame)
+    if issame.ndim != 1 or not np.all(np.isin(issame, (0, 1))):
+        raise ValueError(f"{path}: issame must be a flat list of booleans")
+    if len(encoded) != 2 * len(issame):
+        raise ValueError(f"{path}: {len(encoded)} images for {len(issame)} pairs; expected {2 * len(issame)}")
+    descriptions = [f"{path}, image {index}" for index in range(len(encoded))]
+    for data, description in zip(encoded, descriptions):
+        if not isinstance(data, (bytes, bytearray, np.ndarray)):
+            raise ValueError(f"{description}: expected encoded image bytes, got {type(data).__name__}")
+    images = [
+        decode_image(io.BytesIO(bytes(data)), description, image_size)
+        for data, description in zip(encoded, descriptions)
+    ]
+    return stack_images(images, descriptions), issame.astype(bool)
