@@ -4,7 +4,7 @@
 
 The work dir (config `work_dir`, default runs/<name>) holds the resolved config, TensorBoard logs, a CSV history,
 per-epoch checkpoints, a backup from which a killed run resumes when started again, and at the end
-backbone.weights.h5 and head.weights.h5 (what export and fine-tuning read).
+backbone.weights.h5 and head.weights.npz (what export and fine-tuning read).
 """
 import argparse
 import os
@@ -26,7 +26,13 @@ from tfface.training.builder import (  # noqa: E402
     select_strategy,
     steps_per_epoch_for,
 )
-from tfface.training.callbacks import AtomicBackupAndRestore, EpochCheckpoint, save_weights_atomically  # noqa: E402
+from tfface.training.callbacks import (  # noqa: E402
+    AtomicBackupAndRestore,
+    EpochCheckpoint,
+    load_layer_weights,
+    save_layer_weights_atomically,
+    save_weights_atomically,
+)
 from tfface.training.config import load_config, save_config  # noqa: E402
 
 
@@ -60,10 +66,10 @@ def _init_from(trainer, run_dir: str) -> None:
     if not os.path.isfile(backbone_path):
         raise ConfigError(f"train.init_from: no backbone.weights.h5 in '{run_dir}'")
     trainer.backbone.load_weights(backbone_path)
-    head_path = os.path.join(run_dir, "head.weights.h5")
+    head_path = os.path.join(run_dir, "head.weights.npz")
     if os.path.isfile(head_path):
         try:
-            trainer.head.load_weights(head_path)
+            load_layer_weights(trainer.head, head_path)
         except ValueError as error:
             print(f"init_from: head not loaded ({error}); starting the head from scratch")
 
@@ -123,9 +129,10 @@ def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=())
         steps_per_epoch=steps_per_epoch,
         callbacks=[*callbacks_for(config), *extra_callbacks],
         verbose=_verbosity(config["train"]["verbose"]),
+        shuffle=False,  # the pipeline shuffles
     )
     save_weights_atomically(trainer.backbone, os.path.join(work_dir, "backbone.weights.h5"))
-    save_weights_atomically(trainer.head, os.path.join(work_dir, "head.weights.h5"))
+    save_layer_weights_atomically(trainer.head, os.path.join(work_dir, "head.weights.npz"))
     if history.history:
         last = {key: values[-1] for key, values in history.history.items()}
         summary = ", ".join(f"{key} {value:.4f}" for key, value in last.items())

@@ -3,6 +3,7 @@ import json
 import os
 
 import keras
+import numpy as np
 
 
 def save_weights_atomically(layer_or_model, path: str) -> None:
@@ -10,6 +11,23 @@ def save_weights_atomically(layer_or_model, path: str) -> None:
     temporary = path[: -len(".weights.h5")] + ".partial.weights.h5"
     layer_or_model.save_weights(temporary, overwrite=True)
     os.replace(temporary, path)
+
+
+def save_layer_weights_atomically(layer: keras.layers.Layer, path: str) -> None:
+    """Writes a layer's weights (get_weights order) to an .npz through a temporary file and a rename."""
+    temporary = f"{path}.partial.npz"
+    np.savez(temporary, *layer.get_weights())
+    os.replace(temporary, path)
+
+
+def load_layer_weights(layer: keras.layers.Layer, path: str) -> None:
+    """Inverse of save_layer_weights_atomically; a shape mismatch raises ValueError naming the file."""
+    with np.load(path) as archive:
+        weights = [archive[f"arr_{index}"] for index in range(len(archive.files))]
+    try:
+        layer.set_weights(weights)
+    except ValueError as error:
+        raise ValueError(f"{path}: does not fit {layer.name}: {error}") from None
 
 
 def write_json_atomically(data, path: str) -> None:

@@ -1,0 +1,105 @@
+"""trainers.train end to end: clear errors, the work dir, and resuming after SIGKILL."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfface.data.schema import make_example
+from tfface.data.writer import ShardedTFRecordWriter
+from trainers.train import main
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """4 identities x 12 images of 20x20: each identity a bright square at its own place, plus noise."""
+    out = tmp_path_factory.mktemp("tiny_data")
+    rng = np.random.default_rng(0)
+    with ShardedTFRecordWriter(out, prefix="train", examples_per_shard=20) as writer:
+        for label in range(NUM_CLASSES):
+            for _ in range(12):
+                image = rng.integers(0, 60, size=(20, 20, 3)).astype(np.uint8)
+                row, col = divmod(label, 2)
+                image[2 + 9 * row : 8 + 9 * row, 2 + 9 * col : 8 + 9 * col] = 230
+                writer.write(make_example(image, label))
+    return out
+
+
+def config_file(tmp_path: Path, data_dir: Path, **sections) -> str:
+    text = (
+        f"backbone: {{name: tiny, options: {{embedding_size: 8}}}}\n"
+        f"head: {{name: softmax}}\n"
+        f"data: {{train: {data_dir}, crop_size: [16, 16], shuffle_buffer: 64}}\n"
+        f"train: {{epochs: 2, batch_size: 8, verbose: 2}}\n"
+        f"schedule: {{name: constant, learning_rate: 0.05}}\n"
+        f"work_dir: {tmp_path / 'run'}\n"
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["backbone.name=resnet9000"], "error: unknown backbone 'resnet9000'; available: "),
+        (["head.name=magicface"], "error: unknown head 'magicface'; available: "),
+        (["train.epoch=3"], "error: unknown config key 'train.epoch'"),
+        (["data.train=/nowhere/at/all"], "error: data.train: folder not found: /nowhere/at/all"),
+    ],
+)
+def test_bad_input_is_one_clear_error_line(tmp_path, tiny_data, capsys, overrides, message):
+    sets = [item for override in overrides for item in ("--set", override)]
+    assert main(["--config", config_file(tmp_path, tiny_data), *sets]) == 2
+    error_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(error_lines) == 1 and error_lines[0].startswith(message), error_lines
+
+
+def test_training_fills_the_work_dir_and_lowers_the_loss(tmp_path, tiny_data):
+    assert main(["--config", config_file(tmp_path, tiny_data), "--set", "train.epochs=3"]) == 0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "history.csv", "backbone.weights.h5", "head.weights.npz", "backup"):
+        assert (run / name).exists(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch-001.weights.h5", "epoch-002.weights.h5", "epoch-003.weights.h5"
+    ]
+    assert list(run.rglob("*partial*")) == []
+    with open(run / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    losses = [float(row["loss"]) for row in rows]
+    assert losses[-1] < losses[0]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
+    config = config_file(tmp_path, tiny_data)
+    command = [
+        sys.executable, "-m", "trainers.train", "--config", config,
+        "--set", "train.epochs=3", "--set", "train.steps_per_epoch=150",
+    ]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    metadata = tmp_path / "run" / "backup" / "training_metadata.json"
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not metadata.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert metadata.exists(), "the first run wrote no backup"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL
+    assert json.loads(metadata.read_text())["epoch"] == 1
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Epoch 1/3" not in second.stdout and "Epoch 2/3" in second.stdout
+    assert json.loads(metadata.read_text())["epoch"] == 3
+    epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "run" / "history.csv"))]
+    assert epochs[-2:] == [1, 2]
