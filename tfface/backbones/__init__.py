@@ -36,4 +36,4 @@ def get_backbone(name: str, /, **options) -> keras.Model:
         raise
 
 
-from tfface.backbones import tiny  # noqa: E402,F401  (registration side effects)
+from tfface.backbones import casianet, iresnet, lenetpp, mobilefacenet, sphereface, tiny  # noqa: E402,F401  (registration side effects)

@@ -26,6 +26,18 @@ def prelu(name: str) -> keras.layers.PReLU:
     )
 
 
+def torch_padding(x, kernel_size: int, strides: int, name: str):
+    """PyTorch's symmetric zero padding (kernel_size // 2 each side) for a strided conv; returns (x, keras padding).
+
+    Keras "same" pads a stride-2 conv on an even input only at the bottom/right; PyTorch (and Caffe) pad both sides,
+    so the strided convs of the ported nets pad explicitly and run "valid". Stride 1 "same" is already symmetric.
+    """
+    if strides == 1 or kernel_size == 1:
+        return x, "same" if strides == 1 else "valid"
+    x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+    return x, "valid"
+
+
 def fc_embedding(features, embedding_size: int, dropout: float, sync_batchnorm: bool):
     """insightface's output: Flatten - Dropout - FC(embedding_size, bias) - BN with gamma fixed at 1.
 
