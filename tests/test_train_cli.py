@@ -67,7 +67,8 @@ def test_bad_input_is_one_clear_error_line(tmp_path, tiny_data, capsys, override
 def test_training_fills_the_work_dir_and_lowers_the_loss(tmp_path, tiny_data):
     assert main(["--config", config_file(tmp_path, tiny_data), "--set", "train.epochs=3"]) == 0
     run = tmp_path / "run"
-    for name in ("config.yaml", "history.csv", "backbone.weights.h5", "head.weights.npz", "backup"):
+    assert json.loads((run / "run.json").read_text())["input_shape"] == [16, 16, 3]
+    for name in ("config.yaml", "run.json", "history.csv", "backbone.weights.h5", "head.weights.npz", "backup"):
         assert (run / name).exists(), name
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "epoch-001.weights.h5", "epoch-002.weights.h5", "epoch-003.weights.h5"

@@ -2,7 +2,8 @@
 
     python -m trainers.train --config trainers/configs/NAME.yaml [--set key.sub=value ...]
 
-The work dir (config `work_dir`, default runs/<name>) holds the resolved config, TensorBoard logs, a CSV history,
+The work dir (config `work_dir`, default runs/<name>) holds the resolved config (config.yaml), run.json (backbone
+name, input shape, embedding size, class count, config hash), TensorBoard logs, a CSV history,
 per-epoch checkpoints, a backup from which a killed run resumes when started again, and at the end
 backbone.weights.h5 and head.weights.npz (what export and fine-tuning read).
 """
@@ -32,8 +33,9 @@ from tfface.training.callbacks import (  # noqa: E402
     load_layer_weights,
     save_layer_weights_atomically,
     save_weights_atomically,
+    write_json_atomically,
 )
-from tfface.training.config import load_config, save_config  # noqa: E402
+from tfface.training.config import config_hash, load_config, save_config  # noqa: E402
 
 
 class Prepared(NamedTuple):
@@ -117,6 +119,16 @@ def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=())
     work_dir = config["work_dir"]
     os.makedirs(work_dir, exist_ok=True)
     save_config(config, os.path.join(work_dir, "config.yaml"))
+    write_json_atomically(
+        {
+            "backbone": config["backbone"]["name"],
+            "input_shape": list(input_shape_for(config, description)),
+            "embedding_size": int(trainer.backbone.output["embedding"].shape[-1]),
+            "num_classes": description["num_classes"],
+            "config_hash": config_hash(config),
+        },
+        os.path.join(work_dir, "run.json"),
+    )
     print(
         f"tfface: {config['backbone']['name']} + {config['head']['name']} on {description['num_examples']} images "
         f"of {description['num_classes']} identities; {config['train']['epochs']} epochs x {steps_per_epoch} steps, "
