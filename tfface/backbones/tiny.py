@@ -1,8 +1,9 @@
 """`tiny`: a few-thousand-parameter backbone for unit tests of everything that consumes a backbone.
 
 stem: conv3x3 stride 1; stage1..4: conv3x3 stride 2; each conv (no bias) + BN + ReLU with `width` channels.
-Output: BN - Dropout - Flatten - FC - BN(gamma fixed at 1), as in IResNet. Spatial sizes for an HxW input:
-stem HxW, stage k ceil(H / 2^k) x ceil(W / 2^k); any H, W >= 16 works (28, 32, 48, 64, 112 ...).
+Output: BN - Flatten - Dropout - FC - BN(gamma fixed at 1), as in IResNet. Strided convs use Keras "same" padding.
+Spatial sizes for an HxW input: stem HxW, stage k ceil(H / 2^k) x ceil(W / 2^k); any H, W >= 16 works
+(28, 32, 48, 64, 112 ...).
 """
 from typing import Optional, Sequence
 
