@@ -175,7 +175,9 @@ def evaluate_ijb(
     """
     features = as_embedding_matrix(image_features, "image_features")
     if len(features) != len(meta.image_names):
-        raise ValueError(f"image_features has {len(features)} rows but the meta files list {len(meta.image_names)} images")
+        raise ValueError(
+            f"image_features has {len(features)} rows but the meta files list {len(meta.image_names)} images"
+        )
     templates, template_ids = template_features(
         features,
         meta.template_ids,
