@@ -260,7 +260,9 @@ def test_sync_batchnorm_option_sets_every_batch_norm(name, options):
 def _per_replica_outputs(strategy, model, images):
     """Runs `model(training=True)` with images split in halves over the 2 replicas; returns the concatenated dict."""
     halves = tf.split(images, 2)
-    inputs = strategy.experimental_distribute_values_from_function(lambda context: halves[context.replica_id_in_sync_group])
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda context: halves[context.replica_id_in_sync_group]
+    )
 
     @tf.function
     def step(batch):

@@ -36,4 +36,5 @@ def get_backbone(name: str, /, **options) -> keras.Model:
         raise
 
 
-from tfface.backbones import casianet, iresnet, lenetpp, mobilefacenet, sphereface, tiny  # noqa: E402,F401  (registration side effects)
+# Imported for their registration side effects.
+from tfface.backbones import casianet, iresnet, lenetpp, mobilefacenet, sphereface, tiny  # noqa: E402,F401
