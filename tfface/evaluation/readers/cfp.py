@@ -8,7 +8,7 @@ Layout under the data set folder:
 """
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -36,6 +36,28 @@ def read_cfp_image_list(path: Path, check_files: bool = True) -> Dict[int, str]:
     return images
 
 
+def _read_split_file(split_path: Path, first_images: Dict[int, str], first_list: Path,
+                     second_images: Dict[int, str], second_list: Path) -> List[Tuple[str, str]]:
+    """`same.txt` / `diff.txt` lines `i,j` -> [(image path of i, image path of j)]."""
+    if not split_path.is_file():
+        raise FileNotFoundError(f"CFP split file not found: {split_path}")
+    pairs = []
+    with open(split_path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            fields = line.strip().split(",")
+            if len(fields) != 2 or not all(field.strip().isdigit() for field in fields):
+                raise ValueError(f"{split_path}, line {line_number}: expected 'i,j', got {line.strip()!r}")
+            first_id, second_id = (int(field) for field in fields)
+            for image_id, images, list_path in ((first_id, first_images, first_list),
+                                                (second_id, second_images, second_list)):
+                if image_id not in images:
+                    raise ValueError(f"{split_path}, line {line_number}: id {image_id} is not in {list_path}")
+            pairs.append((first_images[first_id], second_images[second_id]))
+    return pairs
+
+
 def read_cfp_pairs(cfp_dir, protocol: str = "FP", check_files: bool = True) -> PairList:
     """Reads the CFP protocol `protocol` ("FF" frontal-frontal or "FP" frontal-profile) -> PairList with folds.
 
@@ -52,30 +74,17 @@ def read_cfp_pairs(cfp_dir, protocol: str = "FP", check_files: bool = True) -> P
     split_dir = protocol_dir / "Split" / protocol
     if not split_dir.is_dir():
         raise FileNotFoundError(f"CFP split folder not found: {split_dir}")
-    fold_dirs = sorted((path for path in split_dir.iterdir() if path.is_dir() and path.name.isdigit()),
-                       key=lambda path: int(path.name))
+    fold_dirs = sorted(
+        (path for path in split_dir.iterdir() if path.is_dir() and path.name.isdigit()), key=lambda path: int(path.name)
+    )
     if not fold_dirs:
         raise ValueError(f"{split_dir} has no numbered fold folders (01, 02, ...)")
     paths1, paths2, issame, folds = [], [], [], []
     for fold, fold_dir in enumerate(fold_dirs):
         for file_name, same in (("same.txt", True), ("diff.txt", False)):
-            split_path = fold_dir / file_name
-            if not split_path.is_file():
-                raise FileNotFoundError(f"CFP split file not found: {split_path}")
-            with open(split_path, encoding="utf-8") as handle:
-                for line_number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    fields = line.strip().split(",")
-                    if len(fields) != 2 or not all(field.strip().isdigit() for field in fields):
-                        raise ValueError(f"{split_path}, line {line_number}: expected 'i,j', got {line.strip()!r}")
-                    first_id, second_id = (int(field) for field in fields)
-                    for image_id, images, list_path in ((first_id, first_images, frontal_list),
-                                                        (second_id, second_images, second_list)):
-                        if image_id not in images:
-                            raise ValueError(f"{split_path}, line {line_number}: id {image_id} is not in {list_path}")
-                    paths1.append(first_images[first_id])
-                    paths2.append(second_images[second_id])
-                    issame.append(same)
-                    folds.append(fold)
+            pairs = _read_split_file(fold_dir / file_name, first_images, frontal_list, second_images, second_list)
+            paths1.extend(first for first, _ in pairs)
+            paths2.extend(second for _, second in pairs)
+            issame.extend([same] * len(pairs))
+            folds.extend([fold] * len(pairs))
     return PairList(tuple(paths1), tuple(paths2), np.array(issame, dtype=bool), np.array(folds, dtype=np.int64))

@@ -1,0 +1,175 @@
+"""Benchmark readers on tiny files of each published layout, built here (the real benchmarks are not shipped)."""
+import io
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfface.evaluation import PairList, load_bin, load_images, read_cfp_pairs, read_lfw_pairs, read_pairs_csv
+
+
+def write_image(path, seed, size=(4, 5)):
+    """Writes a random RGB image of size (height, width) and returns its pixels uint8 [H, W, 3]."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def lfw_tree(root):
+    """Alice_0001..3 and Carol_0001 as .jpg, Bob_0001..2 as .png."""
+    for name, number, extension in [("Alice", 1, "jpg"), ("Alice", 2, "jpg"), ("Alice", 3, "jpg"),
+                                    ("Bob", 1, "png"), ("Bob", 2, "png"), ("Carol", 1, "jpg")]:
+        write_image(root / name / f"{name}_{number:04d}.{extension}", seed=number)
+    return root
+
+
+def test_lfw_pairs_with_header_give_paths_labels_and_folds(tmp_path):
+    images = lfw_tree(tmp_path / "lfw")
+    pairs_path = tmp_path / "pairs.txt"
+    pairs_path.write_text("2\t1\nAlice\t1\t2\nAlice\t1\tBob\t1\nBob\t1\t2\nCarol\t1\tAlice\t3\n")
+    pairs = read_lfw_pairs(pairs_path, images)
+    assert list(pairs) == [
+        (str(images / "Alice/Alice_0001.jpg"), str(images / "Alice/Alice_0002.jpg"), True, 0),
+        (str(images / "Alice/Alice_0001.jpg"), str(images / "Bob/Bob_0001.png"), False, 0),
+        (str(images / "Bob/Bob_0001.png"), str(images / "Bob/Bob_0002.png"), True, 1),
+        (str(images / "Carol/Carol_0001.jpg"), str(images / "Alice/Alice_0003.jpg"), False, 1),
+    ]
+
+
+def test_lfw_pairs_without_header_in_any_order_have_no_folds(tmp_path):
+    images = lfw_tree(tmp_path / "lfw")
+    pairs_path = tmp_path / "pairs.txt"
+    pairs_path.write_text("Carol 1 Alice 3\n\nAlice 2 3\nAlice 1 Bob 2\n")
+    pairs = read_lfw_pairs(pairs_path, images)
+    assert pairs.folds is None
+    np.testing.assert_array_equal(pairs.issame, [False, True, False])
+    assert pairs.paths2[2] == str(images / "Bob/Bob_0002.png")
+
+
+def test_lfw_errors_name_file_line_and_missing_image(tmp_path):
+    images = lfw_tree(tmp_path / "lfw")
+    pairs_path = tmp_path / "pairs.txt"
+    pairs_path.write_text("Alice 1 2\nAlice 1 Bob\n")
+    with pytest.raises(ValueError, match=r"pairs.txt, line 2: expected"):
+        read_lfw_pairs(pairs_path, images)
+    pairs_path.write_text("Alice 1 2\nAlice 1 Dave 1\n")
+    with pytest.raises(FileNotFoundError, match=r"line 2: image not found: .*Dave_0001.jpg or .*Dave_0001.png"):
+        read_lfw_pairs(pairs_path, images)
+    pairs_path.write_text("10 300\nAlice 1 2\n")
+    with pytest.raises(ValueError, match="header promises 10 folds"):
+        read_lfw_pairs(pairs_path, images)
+
+
+def test_pair_list_image_index_and_load_images(tmp_path):
+    first = write_image(tmp_path / "a.png", seed=1)
+    second = write_image(tmp_path / "b.png", seed=2)
+    pairs = PairList((str(tmp_path / "a.png"), str(tmp_path / "b.png")), (str(tmp_path / "b.png"),
+                     str(tmp_path / "a.png")), np.array([True, False]))
+    paths, index1, index2 = pairs.image_index()
+    assert paths == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    np.testing.assert_array_equal(index1, [0, 1])
+    np.testing.assert_array_equal(index2, [1, 0])
+    np.testing.assert_array_equal(load_images(paths), np.stack([first, second]))
+    assert load_images(paths, image_size=(8, 6)).shape == (2, 8, 6, 3)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_images([str(tmp_path / "missing.png")])
+
+
+def encoded_png(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_load_bin_decodes_images_and_issame(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(4, 6, 5, 3), dtype=np.uint8)
+    path = tmp_path / "toy.bin"
+    with open(path, "wb") as handle:
+        pickle.dump(([encoded_png(image) for image in pixels], [True, False]), handle, protocol=2)
+    images, issame = load_bin(path)
+    np.testing.assert_array_equal(images, pixels)
+    np.testing.assert_array_equal(issame, [True, False])
+    resized, _ = load_bin(path, image_size=(12, 10))
+    assert resized.shape == (4, 12, 10, 3) and resized.dtype == np.uint8
+
+
+def test_load_bin_errors_name_the_file_and_image(tmp_path):
+    path = tmp_path / "bad.bin"
+    path.write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="bad.bin is not an insightface .bin"):
+        load_bin(path)
+    with open(path, "wb") as handle:
+        pickle.dump(([encoded_png(np.zeros((2, 2, 3), np.uint8))] * 3, [True, False]), handle)
+    with pytest.raises(ValueError, match="3 images for 2 pairs"):
+        load_bin(path)
+    with open(path, "wb") as handle:
+        pickle.dump(([encoded_png(np.zeros((2, 2, 3), np.uint8)), b"garbage"], [True]), handle)
+    with pytest.raises(ValueError, match="bad.bin, image 1"):
+        load_bin(path)
+
+
+def cfp_tree(root):
+    """Two identities, each with frontal 01-02 and profile 01; Split folders 01 and 02 for FF and FP."""
+    for person in ("001", "002"):
+        for pose, number in [("frontal", "01"), ("frontal", "02"), ("profile", "01")]:
+            write_image(root / "Data" / "Images" / person / pose / f"{number}.jpg", seed=int(person))
+    protocol = root / "Protocol"
+    protocol.mkdir()
+    (protocol / "Pair_list_F.txt").write_text("".join(
+        f"{index} ../Data/Images/{person}/frontal/{number}.jpg\n"
+        for index, (person, number) in enumerate([("001", "01"), ("001", "02"), ("002", "01"), ("002", "02")], 1)))
+    (protocol / "Pair_list_P.txt").write_text(
+        "1 ../Data/Images/001/profile/01.jpg\n2 ../Data/Images/002/profile/01.jpg\n")
+    splits = {"FF": {"01": ("1,2", "1,3"), "02": ("3,4", "2,4")}, "FP": {"01": ("1,1", "1,2"), "02": ("4,2", "3,1")}}
+    for name, folds in splits.items():
+        for fold, (same, diff) in folds.items():
+            (protocol / "Split" / name / fold).mkdir(parents=True)
+            (protocol / "Split" / name / fold / "same.txt").write_text(same + "\n")
+            (protocol / "Split" / name / fold / "diff.txt").write_text(diff + "\n")
+    return root
+
+
+def test_cfp_fp_and_ff_protocols(tmp_path):
+    root = cfp_tree(tmp_path / "cfp")
+    images = root / "Data" / "Images"
+    fp = read_cfp_pairs(root, "FP")
+    assert list(fp) == [
+        (str(images / "001/frontal/01.jpg"), str(images / "001/profile/01.jpg"), True, 0),
+        (str(images / "001/frontal/01.jpg"), str(images / "002/profile/01.jpg"), False, 0),
+        (str(images / "002/frontal/02.jpg"), str(images / "002/profile/01.jpg"), True, 1),
+        (str(images / "002/frontal/01.jpg"), str(images / "001/profile/01.jpg"), False, 1),
+    ]
+    ff = read_cfp_pairs(root, "FF")
+    assert ff.paths2[1] == str(images / "002/frontal/01.jpg")
+    np.testing.assert_array_equal(ff.folds, [0, 0, 1, 1])
+    (root / "Protocol/Split/FP/02/diff.txt").write_text("3,9\n")
+    with pytest.raises(ValueError, match=r"FP/02/diff.txt, line 1: id 9 is not in .*Pair_list_P.txt"):
+        read_cfp_pairs(root, "FP")
+    (root / "Protocol/Split/FP/02/diff.txt").write_text("3;1\n")
+    with pytest.raises(ValueError, match=r"diff.txt, line 1: expected 'i,j'"):
+        read_cfp_pairs(root, "FP")
+    (images / "002/profile/01.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"Pair_list_P.txt, line 2: image not found: .*002/profile/01.jpg"):
+        read_cfp_pairs(root, "FP")
+
+
+def test_pairs_csv_with_and_without_header(tmp_path):
+    write_image(tmp_path / "img" / "a.png", 1)
+    write_image(tmp_path / "img" / "b.png", 2)
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("path1,path2,issame,fold\nimg/a.png,img/b.png,1,0\nimg/b.png,img/a.png,false,1\n")
+    pairs = read_pairs_csv(csv_path)
+    assert list(pairs) == [(str(tmp_path / "img/a.png"), str(tmp_path / "img/b.png"), True, 0),
+                           (str(tmp_path / "img/b.png"), str(tmp_path / "img/a.png"), False, 1)]
+    csv_path.write_text("a.png,b.png,true\n")
+    pairs = read_pairs_csv(csv_path, image_root=tmp_path / "img")
+    assert pairs.folds is None and pairs.paths1 == (str(tmp_path / "img/a.png"),)
+    csv_path.write_text("a.png,b.png,1\na.png,b.png,maybe\n")
+    with pytest.raises(ValueError, match=r"pairs.csv, line 2: issame"):
+        read_pairs_csv(csv_path, image_root=tmp_path / "img")
+    csv_path.write_text("a.png,c.png,1\n")
+    with pytest.raises(FileNotFoundError, match=r"line 1: image not found: .*c.png"):
+        read_pairs_csv(csv_path, image_root=tmp_path / "img")
