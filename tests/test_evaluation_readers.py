@@ -173,3 +173,28 @@ def test_pairs_csv_with_and_without_header(tmp_path):
     csv_path.write_text("a.png,c.png,1\n")
     with pytest.raises(FileNotFoundError, match=r"line 1: image not found: .*c.png"):
         read_pairs_csv(csv_path, image_root=tmp_path / "img")
+
+
+def test_real_orl_faces_through_csv_reader_and_evaluate_pairs(shared_data, tmp_path):
+    """Pipeline on real faces: pairs CSV over ORL -> load_images -> pixel embeddings with flip -> 10-fold numbers."""
+    from tfface.evaluation import evaluate_pairs, flip_test_embeddings
+
+    rng = np.random.default_rng(0)
+    rows = ["path1,path2,issame,fold"]
+    for index in range(200):
+        subject = 1 + index % 40
+        if index % 2 == 0:
+            first, second = rng.choice(10, size=2, replace=False) + 1
+            rows.append(f"s{subject}/{first}.png,s{subject}/{second}.png,1,{index // 20}")
+        else:
+            other = 1 + (subject + rng.integers(1, 40) - 1) % 40
+            rows.append(f"s{subject}/{rng.integers(1, 11)}.png,s{other}/{rng.integers(1, 11)}.png,0,{index // 20}")
+    csv_path = tmp_path / "orl_pairs.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    pairs = read_pairs_csv(csv_path, image_root=shared_data / "orl")
+    paths, index1, index2 = pairs.image_index()
+    images = load_images(paths, image_size=(28, 23)).astype(np.float32) / 255.0
+    embeddings = flip_test_embeddings(lambda batch: batch.reshape(len(batch), -1) - 0.5, images, mode="sum")
+    result = evaluate_pairs(embeddings[index1], embeddings[index2], pairs.issame, folds=pairs.folds)
+    assert len(result["fold_accuracies"]) == 10
+    assert result["accuracy_mean"] > 0.75 and result["auc"] > 0.8

@@ -74,7 +74,7 @@ def fold_splits(n_pairs: int, n_folds: int = 10, folds=None) -> List[FoldSplit]:
 
     Without `folds`: contiguous folds of sklearn `KFold(n_folds, shuffle=False)`, and with n_folds == 1 the one
     "fold" trains and tests on everything (insightface's LFold). With `folds` (int fold id per pair, [n_pairs],
-    e.g. from LFW's pairs.txt) each distinct id, in increasing order, is one test fold.
+    e.g. from LFW's pairs.txt) each distinct id, in increasing order, is one test fold (a single id: as n_folds 1).
     """
     if folds is not None:
         fold_ids = np.asarray(folds)
@@ -266,7 +266,7 @@ def evaluate_pairs(
     """All verification numbers for embedding pairs [P, D], [P, D] with issame bool [P].
 
     accuracy_mean / accuracy_std over folds and best_threshold (mean over folds of the chosen squared-L2
-    threshold) from `kfold_accuracy`; val, val_std, far from `val_at_far` at `far_target`; auc, eer and
+    threshold) from `kfold_accuracy` (the only numbers `pca_components` affects, as in insightface); val, val_std, far from `val_at_far` at `far_target`; auc, eer and
     tar_at_far ({far: tar}) from the cosine similarities of all pairs; fold_accuracies [F] as well.
     """
     first, second, issame = _as_pairs(embeddings1, embeddings2, issame)
