@@ -30,7 +30,7 @@ class Registry:
             raise ConfigError(f"unknown {self.kind} '{name}'; available: {', '.join(self.available())}")
         return self._builders[name]
 
-    def build(self, name: str, **options):
+    def build(self, name: str, /, **options):
         """Builds `name` with `options`; an option the builder does not take is named in the error."""
         builder = self.get(name)
         try:
