@@ -391,3 +391,13 @@ def test_68_point_flip_permutation():
     flipped = flip_landmarks(points, 100.0).numpy()
     np.testing.assert_array_equal(flipped[36], [100.0 - 45.0, 0.0])  # left eye corner <- mirrored right one
     np.testing.assert_array_equal(flipped[:, 0], 100.0 - permutation)
+
+
+def test_batches_split_across_mirrored_replicas(five_point_dir):
+    strategy = tf.distribute.MirroredStrategy()
+    assert strategy.num_replicas_in_sync == 2
+    dataset = make_dataset(five_point_dir, batch_size=4, features=("landmarks",), seed=0)
+    batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    per_replica = strategy.experimental_local_results(batch["image"])
+    assert [images.shape for images in per_replica] == [(2, HEIGHT, WIDTH, 3)] * 2
+    assert [points.shape for points in strategy.experimental_local_results(batch["landmarks"])] == [(2, 5, 2)] * 2

@@ -121,12 +121,15 @@ class _Augmenter:
                 example[name] = tf.ensure_shape(example[name], shape)
         return example
 
-    def _crop_offset(self, free, seed):
+    def _crop_offset(self, free: int, element_seed, stream: int):
+        """Random offset in [0, free] in training (seeded by element_seed and the stream id), else centred."""
         if self.training:
+            seed = tf.stack([element_seed, stream])
             return tf.random.stateless_uniform([], seed, minval=0, maxval=free + 1, dtype=tf.int32)
         return free // 2
 
     def __call__(self, example: dict, element_seed=None) -> dict:
+        """Decoded example -> output example; element_seed (int64 scalar) drives the random choices in training."""
         example = dict(example)
         height, width = self.image_size
         stored = tf.shape(example["image"])
@@ -143,8 +146,8 @@ class _Augmenter:
 
         if self.crop_size is not None:
             crop_h, crop_w = self.crop_size
-            top = self._crop_offset(height - crop_h, None if element_seed is None else tf.stack([element_seed, 0]))
-            left = self._crop_offset(width - crop_w, None if element_seed is None else tf.stack([element_seed, 1]))
+            top = self._crop_offset(height - crop_h, element_seed, stream=0)
+            left = self._crop_offset(width - crop_w, element_seed, stream=1)
             image = image[top:top + crop_h, left:left + crop_w]
             image = tf.ensure_shape(image, [crop_h, crop_w, 3])
             if landmarks is not None:

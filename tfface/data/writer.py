@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
@@ -41,13 +42,14 @@ class ShardedTFRecordWriter:
     """
 
     def __init__(self, out_dir, prefix: str = "train", examples_per_shard: int = 2000, *, class_names=None):
-        if not isinstance(examples_per_shard, int) or examples_per_shard < 1:
+        if isinstance(examples_per_shard, bool) or not isinstance(examples_per_shard, (int, np.integer)) \
+                or examples_per_shard < 1:
             raise ValueError(f"examples_per_shard must be an int >= 1, got {examples_per_shard!r}")
         if not prefix or not re.fullmatch(r"[\w.-]+", prefix):
             raise ValueError(f"prefix must be a non-empty file-name stem (letters, digits, _ . -), got {prefix!r}")
         self.out_dir = Path(out_dir)
         self.prefix = prefix
-        self.examples_per_shard = examples_per_shard
+        self.examples_per_shard = int(examples_per_shard)
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self._shards: list[str] = []
         self._file = None
