@@ -105,6 +105,8 @@ def test_kfold_pca_is_fitted_on_training_folds_only():
     first, second, issame = first[order], second[order], issame[order]
     thresholds = np.arange(0, 4, 0.01)
     result = kfold_accuracy(first, second, issame, n_folds=4, thresholds=thresholds, pca_components=3)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    first, second = unit(first), unit(second)
     expected = []
     for fold in range(4):
         test = np.arange(10 * fold, 10 * fold + 10)
@@ -113,7 +115,6 @@ def test_kfold_pca_is_fitted_on_training_folds_only():
         mean = train_embeddings.mean(0)
         _, _, right_vectors = np.linalg.svd(train_embeddings - mean, full_matrices=False)
         project = lambda x: (x - mean) @ right_vectors[:3].T  # noqa: E731
-        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
         distances = np.sum((unit(project(first)) - unit(project(second))) ** 2, axis=1)
         train_accuracy = [np.mean((distances[train] < t) == issame[train]) for t in thresholds]
         best = thresholds[int(np.argmax(train_accuracy))]

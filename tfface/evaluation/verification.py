@@ -114,9 +114,11 @@ def rates_at_thresholds(distances, issame, thresholds) -> Tuple[np.ndarray, np.n
 
 
 def _fold_distances(first, second, train, n_pca_components: int) -> np.ndarray:
-    """Squared distances [P] for one fold; with PCA fitted on the fold's training pairs when n_pca_components > 0."""
+    """Squared distances [P] for one fold; with n_pca_components > 0, of the L2-normalised embeddings projected by
+    a PCA fitted on the fold's training pairs (and normalised again)."""
     if n_pca_components == 0:
         return squared_distances(first, second)
+    first, second = l2_normalize(first), l2_normalize(second)
     project = pca_projection(np.concatenate([first[train], second[train]]), n_pca_components)
     return np.sum(np.square(project(first) - project(second)), axis=1)
 
@@ -247,6 +249,7 @@ def tar_at_far(scores, labels, fars: Sequence[float] = REPORTED_FARS) -> Dict[fl
     for far in fars:
         if not 0.0 <= far < 1.0:
             raise ValueError(f"each FAR must be in [0, 1), got {far}")
+        # The epsilon keeps products like 0.29 * 100 = 28.999999999999996 at 29.
         allowed_false_accepts = int(np.floor(far * len(impostor_descending) + 1e-9))
         threshold = impostor_descending[min(allowed_false_accepts, len(impostor_descending) - 1)]
         table[far] = float(np.mean(genuine_scores > threshold))
