@@ -42,8 +42,8 @@ class ShardedTFRecordWriter:
     """
 
     def __init__(self, out_dir, prefix: str = "train", examples_per_shard: int = 2000, *, class_names=None):
-        if isinstance(examples_per_shard, bool) or not isinstance(examples_per_shard, (int, np.integer)) \
-                or examples_per_shard < 1:
+        is_int = isinstance(examples_per_shard, (int, np.integer)) and not isinstance(examples_per_shard, bool)
+        if not is_int or examples_per_shard < 1:
             raise ValueError(f"examples_per_shard must be an int >= 1, got {examples_per_shard!r}")
         if not prefix or not re.fullmatch(r"[\w.-]+", prefix):
             raise ValueError(f"prefix must be a non-empty file-name stem (letters, digits, _ . -), got {prefix!r}")
