@@ -104,3 +104,39 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
     assert json.loads(metadata.read_text())["epoch"] == 3
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "run" / "history.csv"))]
     assert epochs[-2:] == [1, 2]
+
+
+def write_pairs_folder(root: Path) -> Path:
+    """An LFW-layout folder (one sub-folder per identity, pairs.txt with 2 folds) of the tiny_data patterns."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for label in range(NUM_CLASSES):
+        (root / f"id{label}").mkdir(parents=True)
+        for number in (1, 2):
+            image = rng.integers(0, 60, size=(20, 20, 3)).astype(np.uint8)
+            row, col = divmod(label, 2)
+            image[2 + 9 * row : 8 + 9 * row, 2 + 9 * col : 8 + 9 * col] = 230
+            Image.fromarray(image).save(root / f"id{label}" / f"id{label}_{number:04d}.png")
+    lines = ["2 2"]
+    for fold in range(2):
+        lines += [f"id{2 * fold} 1 2", f"id{2 * fold + 1} 1 2"]
+        lines += [f"id{2 * fold} 1 id{2 * fold + 1} 2", f"id{2 * fold + 1} 1 id{(2 * fold + 2) % 4} 1"]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_periodic_verification_joins_the_history(tmp_path, tiny_data):
+    pairs_dir = write_pairs_folder(tmp_path / "pairs")
+    overrides = ["--set", f"evaluation.pairs_dir={pairs_dir}", "--set", "evaluation.image_size=[16, 16]"]
+    assert main(["--config", config_file(tmp_path, tiny_data), *overrides]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    accuracies = [float(row["verification_accuracy"]) for row in rows]
+    assert len(accuracies) == 2 and all(0.0 <= value <= 1.0 for value in accuracies)
+    assert all(float(row["verification_auc"]) >= 0.0 for row in rows)
+
+
+def test_missing_pairs_folder_is_one_clear_error(tmp_path, tiny_data, capsys):
+    overrides = ["--set", f"evaluation.pairs_dir={tmp_path / 'none'}"]
+    assert main(["--config", config_file(tmp_path, tiny_data), *overrides]) == 2
+    assert "evaluation.pairs_dir: no pairs.txt in" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from tfface.training.callbacks import (  # noqa: E402
     save_weights_atomically,
     write_json_atomically,
 )
+from tfface.training.verification_callback import VerificationCallback  # noqa: E402
 from tfface.training.config import config_hash, load_config, save_config  # noqa: E402
 
 
@@ -44,6 +45,7 @@ class Prepared(NamedTuple):
     description: Dict
     steps_per_epoch: int
     strategy: tf.distribute.Strategy
+    callbacks: List[keras.callbacks.Callback]
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -77,7 +79,7 @@ def _init_from(trainer, run_dir: str) -> None:
 
 
 def prepare(config: Dict) -> Prepared:
-    """Everything before `fit`: data, strategy, trainer. Bad input raises ValueError (ConfigError) naming it."""
+    """Everything before `fit`: data, strategy, trainer, callbacks. Bad input raises ValueError (ConfigError) naming it."""
     data = config["data"]
     if not data["train"]:
         raise ConfigError("data.train is not set (a folder written by tools.make_tfrecords or tools.synth)")
@@ -98,12 +100,22 @@ def prepare(config: Dict) -> Prepared:
         trainer = build_trainer(config, description["num_classes"], steps_per_epoch, input_shape)
         if config["train"]["init_from"]:
             _init_from(trainer, config["train"]["init_from"])
-    return Prepared(trainer, dataset, description, steps_per_epoch, strategy)
+    return Prepared(trainer, dataset, description, steps_per_epoch, strategy, callbacks_for(config))
 
 
 def callbacks_for(config: Dict) -> List[keras.callbacks.Callback]:
+    """Verification first (its numbers join the logs the others write), then backup, CSV, TensorBoard, checkpoints."""
     work_dir = config["work_dir"]
-    callbacks = [
+    evaluation = config["evaluation"]
+    callbacks = []
+    if evaluation["pairs_dir"]:
+        callbacks.append(
+            VerificationCallback(
+                evaluation["pairs_dir"], every_epochs=evaluation["every_epochs"],
+                image_size=evaluation["image_size"], batch_size=evaluation["batch_size"],
+            )
+        )
+    callbacks += [
         AtomicBackupAndRestore(os.path.join(work_dir, "backup")),
         keras.callbacks.CSVLogger(os.path.join(work_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=os.path.join(work_dir, "logs"), write_graph=False),
@@ -115,7 +127,7 @@ def callbacks_for(config: Dict) -> List[keras.callbacks.Callback]:
 
 def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=()) -> keras.callbacks.History:
     """Runs (or resumes) the training described by a resolved config; returns the Keras history."""
-    trainer, dataset, description, steps_per_epoch, strategy = prepared or prepare(config)
+    trainer, dataset, description, steps_per_epoch, strategy, callbacks = prepared or prepare(config)
     work_dir = config["work_dir"]
     os.makedirs(work_dir, exist_ok=True)
     save_config(config, os.path.join(work_dir, "config.yaml"))
@@ -139,7 +151,7 @@ def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=())
         dataset,
         epochs=config["train"]["epochs"],
         steps_per_epoch=steps_per_epoch,
-        callbacks=[*callbacks_for(config), *extra_callbacks],
+        callbacks=[*callbacks, *extra_callbacks],
         verbose=_verbosity(config["train"]["verbose"]),
         shuffle=False,  # the pipeline shuffles
     )
