@@ -126,7 +126,9 @@ CASES = {
     "lsoftmax_it1000": ("lsoftmax", {}, ref_multiplicative(np_lambda(1000), 4, False), set_state("iterations", 1000)),
     "cosface": ("cosface", {}, ref_scaled(lambda c: c - 0.35, 64.0), None),
     "arcface": ("arcface", {}, ref_scaled(lambda c: arcface_target(c, 0.5), 64.0), None),
-    "arcface_s8_m0.3": ("arcface", {"scale": 8.0, "margin": 0.3}, ref_scaled(lambda c: arcface_target(c, 0.3), 8.0), None),
+    "arcface_s8_m0.3": (
+        "arcface", {"scale": 8.0, "margin": 0.3}, ref_scaled(lambda c: arcface_target(c, 0.3), 8.0), None
+    ),
     "combined": ("combined", {}, ref_scaled(lambda c: np.cos(np_angle(c) + 0.3) - 0.2, 64.0), None),
     "combined_m1_2": (
         "combined",
@@ -141,7 +143,7 @@ CASES = {
 
 def build_head(case_id):
     name, options, _, prepare = CASES[case_id]
-    embeddings, kernel, _ = make_problem()
+    _, kernel, _ = make_problem()
     head = get_head(name, C, **options)
     head.build((None, D))
     head.kernel.assign(kernel)
@@ -154,7 +156,7 @@ LOGIT_WEIGHTS, PLAIN_WEIGHTS = np.random.default_rng(7).normal(size=(2, N, C)).a
 
 
 def margin_and_plain_loss(logits, plain):
-    """A fixed random linear functional of both outputs (numpy or tf), so its gradient checks the whole Jacobian."""
+    """A fixed random linear functional of both head outputs, so its gradient checks the whole Jacobian."""
     return keras.ops.sum(LOGIT_WEIGHTS * logits) + keras.ops.sum(PLAIN_WEIGHTS * plain)
 
 
@@ -214,10 +216,14 @@ def test_gradients_match_finite_differences(case_id):
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_embeddings_give_finite_float32_logits_and_gradients(case_id, dtype):
+def test_half_precision_embeddings_give_finite_float32_logits_and_gradients(case_id):
+    for dtype in ("float16", "bfloat16"):
+        check_half_precision(case_id, dtype)
+
+
+def check_half_precision(case_id, dtype):
     head = build_head(case_id)
-    embeddings, _, labels = make_problem()
+    embeddings, kernel, labels = make_problem()
     x = tf.cast(tf.constant(embeddings), dtype)
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -229,19 +235,41 @@ def test_half_precision_embeddings_give_finite_float32_logits_and_gradients(case
     assert np.isfinite(grad_x.numpy().astype(np.float32)).all() and np.isfinite(grad_w.numpy()).all()
     reference = CASES[case_id][2]
     rounded = x.numpy().astype(np.float64)
-    want_logits, _ = reference(rounded, build_head(case_id).kernel.numpy().astype(np.float64), labels)
-    np.testing.assert_allclose(out["logits"].numpy(), want_logits, rtol=1e-4, atol=1e-3)
+    want_logits, _ = reference(rounded, kernel.astype(np.float64), labels)
+    np.testing.assert_allclose(out["logits"].numpy(), want_logits, rtol=1e-4, atol=1e-3, err_msg=dtype)
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
-def test_config_round_trip_keeps_hyper_parameters(case_id):
-    head = build_head(case_id)
-    config = head.get_config()
-    assert config["num_classes"] == C
-    clone = type(head).from_config(config)
-    assert clone.get_config() == config
-    for option, value in CASES[case_id][1].items():
-        assert getattr(head, option) == value and config[option] == value
+def test_heads_stay_float32_under_a_mixed_precision_policy():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        for name in available():
+            head = get_head(name, C)
+            out = head(tf.ones((2, D), tf.float16), np.array([0, 1]))
+            assert head.kernel.dtype == "float32" and out["logits"].dtype == tf.float32, name
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_heads_work_in_a_functional_model():
+    embeddings, kernel, labels = make_problem()
+    inputs = keras.Input((D,)), keras.Input((), dtype="int32")
+    head = get_head("arcface", C)
+    model = keras.Model(inputs, head(*inputs))
+    head.kernel.assign(kernel)
+    out = model([embeddings, labels])
+    want_logits, want_plain = CASES["arcface"][2](embeddings.astype(np.float64), kernel.astype(np.float64), labels)
+    np.testing.assert_allclose(out["logits"].numpy(), want_logits, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out["plain_logits"].numpy(), want_plain, rtol=1e-5, atol=1e-4)
+
+
+def test_config_round_trip_keeps_hyper_parameters():
+    for name, options, _, _ in CASES.values():
+        head = get_head(name, C, **options)
+        config = head.get_config()
+        assert config["num_classes"] == C
+        assert type(head).from_config(config).get_config() == config
+        for option, value in options.items():
+            assert getattr(head, option) == value and config[option] == value, (name, option)
 
 
 # ---------------------------------------------------------------- softmax and arcface specifics
@@ -278,29 +306,29 @@ def test_arcface_target_is_decreasing_on_zero_to_pi_and_uses_fallback_past_pi_mi
 # ---------------------------------------------------------------- SphereFace / L-Softmax: psi and lambda
 
 
-@pytest.mark.parametrize(
-    "margin, theta_over_pi, want",
-    [
-        (4, 0.0, 1.0),
-        (4, 1 / 8, 0.0),  # cos(pi / 2)
-        (4, 1 / 4, -1.0),  # k = 1: -cos(pi) - 2
-        (4, 3 / 8, -2.0),  # k = 1: -cos(3 pi / 2) - 2
-        (4, 1 / 2, -3.0),  # k = 2: cos(2 pi) - 4
-        (4, 5 / 8, -4.0),  # k = 2: cos(5 pi / 2) - 4
-        (4, 3 / 4, -5.0),  # k = 3: -cos(3 pi) - 6
-        (4, 1.0, -7.0),  # k = 3: -cos(4 pi) - 6
-        (4, 1 / 6, -0.5),  # cos(2 pi / 3)
-        (2, 1 / 4, 0.0),
-        (2, 1 / 2, -1.0),
-        (2, 3 / 4, -2.0),
-        (2, 1.0, -3.0),
-        (1, 1 / 3, 0.5),  # m = 1 is plain cos
-        (3, 1 / 2, -2.0),  # k = 1: -cos(3 pi / 2) - 2
-    ],
-)
-def test_psi_at_hand_computed_points(margin, theta_over_pi, want):
-    got = sphereface_psi(tf.constant(theta_over_pi * math.pi, tf.float32), float(margin))
-    np.testing.assert_allclose(float(got), want, atol=1e-5)
+PSI_POINTS = [  # (m, theta / pi, psi by hand)
+    (4, 0.0, 1.0),
+    (4, 1 / 8, 0.0),  # cos(pi / 2)
+    (4, 1 / 4, -1.0),  # k = 1: -cos(pi) - 2
+    (4, 3 / 8, -2.0),  # k = 1: -cos(3 pi / 2) - 2
+    (4, 1 / 2, -3.0),  # k = 2: cos(2 pi) - 4
+    (4, 5 / 8, -4.0),  # k = 2: cos(5 pi / 2) - 4
+    (4, 3 / 4, -5.0),  # k = 3: -cos(3 pi) - 6
+    (4, 1.0, -7.0),  # k = 3: -cos(4 pi) - 6
+    (4, 1 / 6, -0.5),  # cos(2 pi / 3)
+    (2, 1 / 4, 0.0),
+    (2, 1 / 2, -1.0),
+    (2, 3 / 4, -2.0),
+    (2, 1.0, -3.0),
+    (1, 1 / 3, 0.5),  # m = 1 is plain cos
+    (3, 1 / 2, -2.0),  # k = 1: -cos(3 pi / 2) - 2
+]
+
+
+def test_psi_at_hand_computed_points():
+    for margin, theta_over_pi, want in PSI_POINTS:
+        got = sphereface_psi(tf.constant(theta_over_pi * math.pi, tf.float32), float(margin))
+        assert float(got) == pytest.approx(want, abs=1e-5), (margin, theta_over_pi)
 
 
 @pytest.mark.parametrize("margin", [1, 2, 3, 4])
@@ -310,7 +338,8 @@ def test_psi_is_decreasing_continuous_with_closed_form_gradient(margin):
         tape.watch(theta)
         psi = sphereface_psi(theta, float(margin))
     values = psi.numpy()
-    assert np.all(np.diff(values) < 1e-6) and values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(1 - 2 * margin)
+    assert np.all(np.diff(values) < 1e-6)
+    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(1 - 2 * margin)
     for k in range(1, margin):
         edge = k * math.pi / margin
         left, right = sphereface_psi(tf.constant([edge - 1e-4, edge + 1e-4], tf.float32), float(margin)).numpy()
@@ -321,23 +350,23 @@ def test_psi_is_decreasing_continuous_with_closed_form_gradient(margin):
     np.testing.assert_allclose(tape.gradient(psi, theta).numpy(), closed_form, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "iteration, options, want",
-    [
-        (0, {}, 1000.0),
-        (1, {}, 1000.0 / 1.12),
-        (100, {}, 1000.0 / 13.0),
-        (1000, {}, 1000.0 / 121.0),
-        (1658, {}, 1000.0 / 199.96),  # still above lambda_min = 5
-        (1659, {}, 5.0),
-        (100000, {}, 5.0),
-        (10, {"power": 2.0}, 1000.0 / 2.2**2),
-        (10, {"base": 1500.0, "gamma": 0.01, "lambda_min": 0.0}, 1500.0 / 1.1),
-    ],
-)
-def test_lambda_annealing_schedule(iteration, options, want):
-    settings = {"base": 1000.0, "gamma": 0.12, "power": 1.0, "lambda_min": 5.0, **options}
-    assert float(annealed_lambda(iteration, **settings)) == pytest.approx(want, rel=1e-6)
+LAMBDA_SCHEDULE = [  # (iteration, options over SphereFace's defaults, lambda by hand)
+    (0, {}, 1000.0),
+    (1, {}, 1000.0 / 1.12),
+    (100, {}, 1000.0 / 13.0),
+    (1000, {}, 1000.0 / 121.0),
+    (1658, {}, 1000.0 / 199.96),  # still above lambda_min = 5
+    (1659, {}, 5.0),
+    (100000, {}, 5.0),
+    (10, {"power": 2.0}, 1000.0 / 2.2**2),
+    (10, {"base": 1500.0, "gamma": 0.01, "lambda_min": 0.0}, 1500.0 / 1.1),
+]
+
+
+def test_lambda_annealing_schedule():
+    for iteration, options, want in LAMBDA_SCHEDULE:
+        settings = {"base": 1000.0, "gamma": 0.12, "power": 1.0, "lambda_min": 5.0, **options}
+        assert float(annealed_lambda(iteration, **settings)) == pytest.approx(want, rel=1e-6), (iteration, options)
 
 
 @pytest.mark.parametrize("name", ["sphereface", "lsoftmax"])
@@ -412,9 +441,12 @@ def test_curricularface_t_uses_the_global_batch_mean_under_mirrored_strategy():
     sphereface.kernel.assign(kernel)
     # uneven replica batches (4 and 2 examples): the mean of the two replica means would differ from the global mean
     splits = [slice(0, 4), slice(4, N)]
-    per_replica = strategy.experimental_distribute_values_from_function(
-        lambda context: (embeddings[splits[context.replica_id_in_sync_group]], labels[splits[context.replica_id_in_sync_group]])
-    )
+
+    def replica_batch(context):
+        split = splits[context.replica_id_in_sync_group]
+        return embeddings[split], labels[split]
+
+    per_replica = strategy.experimental_distribute_values_from_function(replica_batch)
 
     @tf.function
     def step(inputs):
@@ -454,9 +486,8 @@ def test_linearface_target_stays_below_cos_and_decreases_linearly():
 
 
 def test_registry_lists_heads_and_names_unknown_ones():
-    assert available() == sorted(
-        ["softmax", "normface", "sphereface", "lsoftmax", "cosface", "arcface", "combined", "curricularface", "linearface"]
-    )
+    names = ["softmax", "normface", "sphereface", "lsoftmax", "cosface", "arcface", "combined", "curricularface"]
+    assert available() == sorted(names + ["linearface"])
     assert available() == HEADS.available()
     with pytest.raises(ValueError, match="'nope'.*arcface"):
         get_head("nope", C)
@@ -465,28 +496,29 @@ def test_registry_lists_heads_and_names_unknown_ones():
     assert isinstance(get_head("arcface", C), MarginHead)
 
 
-@pytest.mark.parametrize(
-    "name, options, field",
-    [
-        ("arcface", {"scale": 0.0}, "scale"),
-        ("arcface", {"margin": -0.1}, "margin"),
-        ("arcface", {"margin": 4.0}, "margin"),
-        ("softmax", {"num_classes": 0}, "num_classes"),
-        ("arcface", {"num_classes": 2.5}, "num_classes"),
-        ("normface", {"feature_scale": "yes"}, "feature_scale"),
-        ("sphereface", {"margin": 2.5}, "margin"),
-        ("lsoftmax", {"margin": 0}, "margin"),
-        ("sphereface", {"gamma": -1.0}, "gamma"),
-        ("cosface", {"margin": -0.35}, "margin"),
-        ("combined", {"m1": 0.0}, "m1"),
-        ("curricularface", {"momentum": 1.5}, "momentum"),
-        ("linearface", {"a": -0.88}, "a"),
-    ],
-)
-def test_bad_hyper_parameters_name_the_argument(name, options, field):
-    num_classes = options.pop("num_classes", C)
-    with pytest.raises(ValueError, match=field):
-        get_head(name, num_classes, **options)
+BAD_OPTIONS = [  # (head, options, the argument the error must name)
+    ("arcface", {"scale": 0.0}, "scale"),
+    ("arcface", {"margin": -0.1}, "margin"),
+    ("arcface", {"margin": 4.0}, "margin"),
+    ("softmax", {"num_classes": 0}, "num_classes"),
+    ("arcface", {"num_classes": 2.5}, "num_classes"),
+    ("normface", {"feature_scale": "yes"}, "feature_scale"),
+    ("sphereface", {"margin": 2.5}, "margin"),
+    ("lsoftmax", {"margin": 0}, "margin"),
+    ("sphereface", {"gamma": -1.0}, "gamma"),
+    ("cosface", {"margin": -0.35}, "margin"),
+    ("combined", {"m1": 0.0}, "m1"),
+    ("curricularface", {"momentum": 1.5}, "momentum"),
+    ("linearface", {"a": -0.88}, "a"),
+]
+
+
+def test_bad_hyper_parameters_name_the_argument():
+    for name, options, field in BAD_OPTIONS:
+        options = dict(options)
+        num_classes = options.pop("num_classes", C)
+        with pytest.raises(ValueError, match=field):
+            get_head(name, num_classes, **options)
 
 
 def test_bad_labels_and_embeddings_are_rejected_clearly():

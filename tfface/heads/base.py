@@ -80,8 +80,8 @@ class MarginHead(keras.layers.Layer):
         raise NotImplementedError(f"{type(self).__name__} must implement compute_logits")
 
     def compute_output_spec(self, embeddings, labels=None, training=None):
-        spec = keras.KerasTensor((embeddings.shape[0], self.num_classes), dtype="float32")
-        return {"logits": spec, "plain_logits": spec}
+        shape = (embeddings.shape[0], self.num_classes)
+        return {key: keras.KerasTensor(shape, dtype="float32") for key in ("logits", "plain_logits")}
 
     def _checked_labels(self, labels):
         labels = ops.convert_to_tensor(labels)

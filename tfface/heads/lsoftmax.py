@@ -4,7 +4,8 @@ from tfface.heads.sphereface import SphereFaceHead
 
 
 class LSoftmaxHead(SphereFaceHead):
-    """Logits ||W_j|| ||x|| cos theta_j (= x W, no bias); target ||W_y|| ||x|| (lambda cos theta_y + psi) / (1 + lambda).
+    """Logits ||W_j|| ||x|| cos theta_j (= x W, no bias); the label column
+    ||W_y|| ||x|| (lambda cos theta_y + psi(theta_y)) / (1 + lambda).
 
     Same options, `iterations` counter and lambda schedule as `SphereFaceHead`.
     """

@@ -28,7 +28,8 @@ def annealed_lambda(iteration, base, gamma, power, lambda_min):
 
 
 class SphereFaceHead(AngularMarginHead):
-    """A-Softmax: W normalised, logits ||x|| cos theta_j; target ||x|| (lambda cos theta_y + psi(theta_y)) / (1 + lambda).
+    """A-Softmax: W normalised, logits ||x|| cos theta_j; the label column
+    ||x|| (lambda cos theta_y + psi(theta_y)) / (1 + lambda).
 
     `margin` is SphereFace's integer m. lambda = annealed_lambda(iterations, ...) where `iterations` is a
     non-trainable int64 counter that each training call with labels advances by one before the logits are
