@@ -509,6 +509,7 @@ BAD_OPTIONS = [  # (head, options, the argument the error must name)
     ("cosface", {"margin": -0.35}, "margin"),
     ("combined", {"m1": 0.0}, "m1"),
     ("curricularface", {"momentum": 1.5}, "momentum"),
+    ("curricularface", {"margin": 3.2}, "margin"),
     ("linearface", {"a": -0.88}, "a"),
 ]
 

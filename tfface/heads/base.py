@@ -46,6 +46,8 @@ class MarginHead(keras.layers.Layer):
     "logits" carry the head's margin on the label column when labels are given (they equal the plain logits
     otherwise) and "plain_logits" never do. Embeddings of any float dtype are cast to float32 first and the layer
     neither autocasts nor keeps float16 weights, so margins are always computed in float32.
+    `kernel_initializer` defaults to glorot normal; insightface's normal(0, 0.01) is
+    `keras.initializers.RandomNormal(stddev=0.01)`.
     Subclasses implement `compute_logits(embeddings, labels, training) -> (logits, plain_logits)`.
     """
 

@@ -1,4 +1,6 @@
 """CurricularFaceHead: ArcFace target plus hard negatives re-weighted by an adaptive curriculum t."""
+import math
+
 import tensorflow as tf
 from keras import ops
 
@@ -28,6 +30,8 @@ class CurricularFaceHead(AngularMarginHead):
         super().__init__(num_classes, **kwargs)
         self.scale = check_positive("scale", scale)
         self.margin = check_non_negative("margin", margin)
+        if self.margin >= math.pi:
+            raise ValueError(f"margin must be below pi radians, got {margin!r}")
         self.momentum = check_non_negative("momentum", momentum)
         if self.momentum > 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
