@@ -1,0 +1,217 @@
+"""Inference-only SavedModel export of a training run's embedding path, in TF Serving's layout.
+
+    export_run("runs/arcface", "models/arcface/1")
+    model = load_exported("models/arcface")          # the newest version under a model base path
+    embeddings = model(uint8_images)                 # [N, H, W, 3] uint8 -> [N, D] float32, unit rows
+
+The backbone is rebuilt from the run dir (run.json: backbone name and input shape; config.yaml: backbone options),
+loads RUN/backbone.weights.h5, and is written with `keras.export.ExportArchive`. Nothing else of the run (head,
+regularizer centres, branches, teacher, optimizer state) is built, so none of it can reach the SavedModel.
+
+Signatures (input key "images", output key "embedding", [N, D] float32 L2-normalised rows):
+- serving_default: uint8 [N, H, W, 3] RGB pixels; (pixel - 127.5) / 128 is applied inside.
+- embed_normalized: float32 [N, H, W, 3] pixels already normalised as (pixel - 127.5) / 128.
+- embed_flip: uint8 [N, H, W, 3]; embedding(x) + embedding(x mirrored left-right), then L2-normalised
+  (insightface's flip test).
+Metadata (backbone, its options, input shape, embedding size, config hash, signatures) is the JSON file
+assets.extra/tfface_metadata.json, SavedModel's folder for files the graph does not load.
+"""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+import yaml
+
+import tfface
+from tfface import backbones
+from tfface.data.pipeline import normalize_images
+from tfface.errors import ConfigError
+
+DEFAULT_SIGNATURE = "serving_default"
+NORMALIZED_SIGNATURE = "embed_normalized"
+FLIP_SIGNATURE = "embed_flip"
+INPUT_KEY = "images"
+OUTPUT_KEY = "embedding"
+METADATA_FILE = os.path.join("assets.extra", "tfface_metadata.json")
+RUN_JSON_KEYS = ("backbone", "input_shape", "embedding_size", "config_hash")
+
+
+def read_run(work_dir) -> Dict:
+    """run.json of a training work dir plus the backbone options from its config.yaml.
+
+    Returns {backbone, backbone_options, input_shape (H, W, 3), embedding_size, config_hash}; a missing file or
+    field raises ConfigError naming it.
+    """
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        raise ConfigError(f"work dir not found: {work_dir}")
+    for name in ("run.json", "config.yaml", "backbone.weights.h5"):
+        if not (work_dir / name).is_file():
+            raise ConfigError(f"{work_dir}: no {name} (is it the work dir of a finished training run?)")
+    run = json.loads((work_dir / "run.json").read_text())
+    missing = [key for key in RUN_JSON_KEYS if key not in run]
+    if missing:
+        raise ConfigError(f"{work_dir / 'run.json'}: missing field(s) {', '.join(missing)}")
+    with open(work_dir / "config.yaml") as handle:
+        config = yaml.safe_load(handle) or {}
+    options = config.get("backbone", {}).get("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{work_dir / 'config.yaml'}: backbone.options must be a mapping, got {options!r}")
+    return {
+        "backbone": run["backbone"],
+        "backbone_options": options,
+        "input_shape": [int(size) for size in run["input_shape"]],
+        "embedding_size": int(run["embedding_size"]),
+        "config_hash": run["config_hash"],
+    }
+
+
+def build_backbone(run: Dict, weights_path) -> keras.Model:
+    """The run's backbone with its trained weights; its embedding size must match run.json."""
+    options = {**run["backbone_options"], "input_shape": tuple(run["input_shape"])}
+    backbone = backbones.get_backbone(run["backbone"], **options)
+    backbone.load_weights(str(weights_path))
+    size = int(backbone.output["embedding"].shape[-1])
+    if size != run["embedding_size"]:
+        raise ConfigError(f"run.json says embedding_size {run['embedding_size']} but the backbone gives {size}")
+    return backbone
+
+
+def embedding_archive(backbone: keras.Model) -> keras.export.ExportArchive:
+    """An ExportArchive with the three embedding signatures of `backbone` (see the module docstring).
+
+    `archive.track(backbone)` is not called: it would store every variable a second time under `variables/`.
+    """
+    height, width, channels = backbone.input_shape[1:]
+
+    def unit_embedding(normalized_images):
+        return keras.ops.normalize(backbone(normalized_images, training=False)["embedding"], axis=-1, order=2)
+
+    def embed_uint8(images):
+        return {OUTPUT_KEY: unit_embedding(normalize_images(images))}
+
+    def embed_normalized(images):
+        return {OUTPUT_KEY: unit_embedding(images)}
+
+    def embed_flip(images):
+        normalized = normalize_images(images)
+        both = backbone(keras.ops.concatenate([normalized, keras.ops.flip(normalized, axis=2)], axis=0),
+                        training=False)["embedding"]
+        plain, mirrored = keras.ops.split(both, 2, axis=0)
+        return {OUTPUT_KEY: keras.ops.normalize(plain + mirrored, axis=-1, order=2)}
+
+    def spec(dtype):
+        return [tf.TensorSpec((None, height, width, channels), dtype, name=INPUT_KEY)]
+
+    archive = keras.export.ExportArchive()  # the endpoints' variables are tracked as they are traced
+    archive.add_endpoint(DEFAULT_SIGNATURE, embed_uint8, spec(tf.uint8))
+    archive.add_endpoint(NORMALIZED_SIGNATURE, embed_normalized, spec(tf.float32))
+    archive.add_endpoint(FLIP_SIGNATURE, embed_flip, spec(tf.uint8))
+    return archive
+
+
+def export_backbone(backbone: keras.Model, out_dir, metadata: Dict) -> Path:
+    """Writes `backbone`'s embedding SavedModel and `metadata` to `out_dir` (must not exist) through a temporary
+    sibling folder and one rename, so a server polling the parent never sees a half-written version."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ConfigError(f"export target already exists: {out_dir} (versions are immutable: pick a new number)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        embedding_archive(backbone).write_out(str(temporary), verbose=False)
+        metadata_path = temporary / METADATA_FILE
+        metadata_path.parent.mkdir()
+        metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+        os.chmod(temporary, 0o755)
+        os.rename(temporary, out_dir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def export_run(work_dir, out_dir) -> Path:
+    """Exports the embedding path of training run `work_dir` as a SavedModel at `out_dir`; returns `out_dir`."""
+    run = read_run(work_dir)
+    backbone = build_backbone(run, Path(work_dir) / "backbone.weights.h5")
+    metadata = {
+        **run,
+        "preprocessing": "(pixel - 127.5) / 128 on RGB uint8 inside serving_default and embed_flip",
+        "signatures": {
+            DEFAULT_SIGNATURE: "uint8 images -> L2-normalised embedding",
+            NORMALIZED_SIGNATURE: "normalised float32 images -> L2-normalised embedding",
+            FLIP_SIGNATURE: "uint8 images -> L2-normalised embedding(x) + embedding(mirrored x)",
+        },
+        "tfface_version": tfface.__version__,
+    }
+    return export_backbone(backbone, out_dir, metadata)
+
+
+def model_versions(base_path) -> Dict[int, Path]:
+    """The complete versions under a TF Serving model base path: {version: folder} for every sub-folder named by a
+    non-negative integer that holds a saved_model.pb (hidden partial exports are not numbers, so never listed)."""
+    base_path = Path(base_path)
+    versions = {}
+    for child in base_path.iterdir():
+        if child.name.isdigit() and (child / "saved_model.pb").is_file():
+            versions[int(child.name)] = child
+    return versions
+
+
+class ExportedModel:
+    """An exported embedding SavedModel loaded for inference (see the module docstring for its signatures).
+
+    `metadata` is the exported JSON metadata; `input_shape` (H, W, 3) and `embedding_size` come from it.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.metadata = json.loads((self.path / METADATA_FILE).read_text())
+        self.input_shape = tuple(self.metadata["input_shape"])
+        self.embedding_size = int(self.metadata["embedding_size"])
+        self._saved_model = tf.saved_model.load(str(self.path))
+
+    def _run(self, signature: str, images, dtype: str, batch_size: int) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(f"images must have shape [N, {', '.join(map(str, self.input_shape))}], got {images.shape}")
+        if images.dtype != dtype:
+            raise ValueError(f"images must be {dtype} for signature {signature}, got {images.dtype}")
+        function = self._saved_model.signatures[signature]
+        chunks = [
+            function(**{INPUT_KEY: tf.constant(images[start : start + batch_size])})[OUTPUT_KEY].numpy()
+            for start in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_size), np.float32)
+
+    def __call__(self, images, flip: bool = False, batch_size: int = 256) -> np.ndarray:
+        """uint8 RGB images [N, H, W, 3] -> float32 [N, D] unit rows; `flip` sums image and mirror embeddings."""
+        return self._run(FLIP_SIGNATURE if flip else DEFAULT_SIGNATURE, images, "uint8", batch_size)
+
+    def embed_normalized(self, images, batch_size: int = 256) -> np.ndarray:
+        """float32 images already normalised as (pixel - 127.5) / 128 [N, H, W, 3] -> float32 [N, D] unit rows."""
+        return self._run(NORMALIZED_SIGNATURE, images, "float32", batch_size)
+
+
+def load_exported(path, version: Optional[int] = None) -> ExportedModel:
+    """Loads an export: `path` is a version folder, or a model base path whose newest (or given) version is used."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    if not (path / "saved_model.pb").is_file():
+        versions = model_versions(path)
+        if not versions:
+            raise FileNotFoundError(f"{path}: neither a SavedModel nor a model base path with numeric versions")
+        if version is not None and version not in versions:
+            raise FileNotFoundError(f"{path}: no version {version}; found {sorted(versions)}")
+        path = versions[max(versions) if version is None else version]
+    if not (path / METADATA_FILE).is_file():
+        raise FileNotFoundError(f"{path}: no {METADATA_FILE} (not written by tfface.export?)")
+    return ExportedModel(path)
