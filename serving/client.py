@@ -1,0 +1,176 @@
+"""Embed image files with a model served over TF Serving's gRPC API (serving.server or tensorflow_model_server).
+
+    python -m serving.client --target 127.0.0.1:8500 --model tiny --out emb.npy faces/ extra.jpg
+
+Folders are searched recursively for images (IMAGE_SUFFIXES); files are embedded in sorted order per argument, in
+batches, with a progress bar. Writes EMB.npy (float32 [N, D]) and beside it EMB.txt (the N file paths, one a line,
+in the same order). The input size and dtype come from GetModelMetadata: images are read as RGB and resized
+(bilinear) to it; a float32 signature gets (pixel - 127.5) / 128.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+from tensorflow.core.framework import types_pb2  # noqa: E402
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp")
+MESSAGE_BYTES = 256 << 20
+
+
+def image_files(paths: Sequence) -> List[Path]:
+    """`paths` expanded: a file as given, a folder to its images (recursively, sorted, hidden ones skipped)."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(
+                child for child in path.rglob("*")
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in child.relative_to(path).parts)
+            )
+            if not found:
+                raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"image or folder not found: {path}")
+    return files
+
+
+def connect(target: str) -> grpc.Channel:
+    """An insecure channel to host:port with message limits raised to MESSAGE_BYTES both ways."""
+    return grpc.insecure_channel(
+        target,
+        options=[("grpc.max_send_message_length", MESSAGE_BYTES), ("grpc.max_receive_message_length", MESSAGE_BYTES)],
+    )
+
+
+class InputSpec:
+    """What a signature takes, read from GetModelMetadata: input key, output key, (height, width) and dtype."""
+
+    def __init__(self, stub, model: str, signature: str, version: Optional[int], timeout: float):
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = model
+        if version is not None:
+            request.model_spec.version.value = version
+        response = stub.GetModelMetadata(request, timeout=timeout)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        if signature not in signature_map.signature_def:
+            raise ValueError(
+                f"model '{model}' has no signature '{signature}'; available: {sorted(signature_map.signature_def)}"
+            )
+        definition = signature_map.signature_def[signature]
+        if len(definition.inputs) != 1:
+            raise ValueError(f"signature '{signature}' takes {len(definition.inputs)} inputs; the client sends one")
+        self.input_key, tensor_info = next(iter(definition.inputs.items()))
+        self.output_key = "embedding" if "embedding" in definition.outputs else sorted(definition.outputs)[0]
+        dims = [dim.size for dim in tensor_info.tensor_shape.dim]
+        if len(dims) != 4 or dims[1] < 1 or dims[2] < 1 or dims[3] != 3:
+            raise ValueError(f"signature '{signature}' input '{self.input_key}' is not [N, H, W, 3] images: {dims}")
+        self.size = (dims[1], dims[2])
+        if tensor_info.dtype not in (types_pb2.DT_UINT8, types_pb2.DT_FLOAT):
+            raise ValueError(f"signature '{signature}' takes {types_pb2.DataType.Name(tensor_info.dtype)} images")
+        self.normalize = tensor_info.dtype == types_pb2.DT_FLOAT
+
+
+def read_image(path: Path, size: Tuple[int, int]) -> np.ndarray:
+    """An image file as uint8 RGB [height, width, 3], resized bilinearly to `size` (height, width) if needed."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error}") from None
+
+
+def embed_files(
+    target: str, model: str, paths: Sequence, batch_size: int = 32, signature: str = "serving_default",
+    version: Optional[int] = None, timeout: float = 60.0, progress: bool = True,
+) -> Tuple[np.ndarray, List[str]]:
+    """Embeds the images in `paths` (files or folders) with `model` at `target` (host:port).
+
+    Returns (embeddings float32 [N, D], the N file paths as strings, in order). gRPC failures raise grpc.RpcError;
+    missing or unreadable files raise FileNotFoundError / ValueError naming them.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    files = image_files(paths)
+    with connect(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        spec = InputSpec(stub, model, signature, version, timeout)
+        chunks = []
+        with tqdm(total=len(files), unit="image", disable=not progress, file=sys.stderr) as bar:
+            for start in range(0, len(files), batch_size):
+                batch = np.stack([read_image(path, spec.size) for path in files[start : start + batch_size]])
+                if spec.normalize:
+                    batch = (batch.astype(np.float32) - 127.5) / 128.0
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = model
+                request.model_spec.signature_name = signature
+                if version is not None:
+                    request.model_spec.version.value = version
+                request.inputs[spec.input_key].CopyFrom(tf.make_tensor_proto(batch))
+                response = stub.Predict(request, timeout=timeout)
+                chunks.append(tf.make_ndarray(response.outputs[spec.output_key]).astype(np.float32))
+                bar.update(len(batch))
+    return np.concatenate(chunks), [str(path) for path in files]
+
+
+def save_embeddings(out, embeddings: np.ndarray, files: Sequence[str]) -> Tuple[Path, Path]:
+    """Writes OUT.npy and OUT.txt (one path a line); returns both paths."""
+    out = Path(out)
+    if out.suffix != ".npy":
+        out = out.with_name(out.name + ".npy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, embeddings)
+    listing = out.with_suffix(".txt")
+    listing.write_text("".join(f"{path}\n" for path in files))
+    return out, listing
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default="127.0.0.1:8500", help="server host:port")
+    parser.add_argument("--model", required=True, help="model name")
+    parser.add_argument("--signature", default="serving_default", help="e.g. embed_flip for flip-summed embeddings")
+    parser.add_argument("--version", type=int, help="a specific version (default: the served one)")
+    parser.add_argument("--out", required=True, help="EMB.npy; the file list goes to EMB.txt")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    parser.add_argument("paths", nargs="+", help="image files or folders")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        embeddings, files = embed_files(
+            args.target, args.model, args.paths, batch_size=args.batch_size, signature=args.signature,
+            version=args.version, timeout=args.timeout, progress=True,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as error:
+        print(f"error: {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    array_path, listing_path = save_embeddings(args.out, embeddings, files)
+    print(f"{len(files)} embeddings of size {embeddings.shape[1]} -> {array_path}, file list -> {listing_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

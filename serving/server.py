@@ -1,0 +1,322 @@
+"""A gRPC model server speaking TF Serving's API for the SavedModels of tools.export (see DESIGN.md for why it exists).
+
+    python -m serving.server --model_name tiny --model_base_path models/tiny --port 8500
+    python -m serving.server --model_config_file serving/models.config --port 8500
+
+Services: tensorflow.serving.PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus). Each
+model serves the newest version under its base path and picks up a newer one within --file_system_poll_wait_seconds
+(serving/versions.py). A bad request gets its gRPC status and the server keeps serving: NOT_FOUND for an unknown
+model, version, label or signature; INVALID_ARGUMENT for wrong input keys, dtype or shape, an empty batch or one over
+--max_batch_size; RESOURCE_EXHAUSTED beyond --max_concurrent Predict calls in flight; UNAVAILABLE while a model has
+no version loaded. Binds to 127.0.0.1 unless --host says otherwise; --port 0 picks a free port (printed). SIGTERM or
+SIGINT stops it cleanly: no new calls, in-flight calls get --grace_seconds to finish.
+"""
+import argparse
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import grpc  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+
+from serving.errors import ServingError  # noqa: E402
+from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
+from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
+
+LOG = logging.getLogger("serving")
+DEFAULT_SIGNATURE = "serving_default"
+MEGABYTE = 1 << 20
+# Calls other than Predict (metadata, status) get these threads of their own, so they answer while Predict is full.
+CONTROL_THREADS = 4
+
+
+def _answers_errors(handler):
+    """Turns a ServingError raised by a servicer method into the call's gRPC status and message."""
+
+    @functools.wraps(handler)
+    def wrapper(self, request, context):
+        try:
+            return handler(self, request, context)
+        except ServingError as error:
+            context.abort(error.code, str(error))
+
+    return wrapper
+
+
+class ConcurrencyLimit:
+    """At most `limit` holders at once; one more is refused with RESOURCE_EXHAUSTED instead of queued."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def acquire(self) -> None:
+        if not self._slots.acquire(blocking=False):
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is busy: {self.limit} Predict calls already in flight"
+            )
+
+    def release(self) -> None:
+        self._slots.release()
+
+
+class Models:
+    """The served models by name; an unknown name is NOT_FOUND."""
+
+    def __init__(self, models: Dict[str, ModelVersions]):
+        self.by_name = models
+
+    def find(self, model_spec) -> ModelVersions:
+        if model_spec.name not in self.by_name:
+            raise ServingError(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model '{model_spec.name}'; serving: {', '.join(sorted(self.by_name))}",
+            )
+        return self.by_name[model_spec.name]
+
+    def version_for(self, model_spec) -> LoadedVersion:
+        return self.find(model_spec).get(requested_version(model_spec))
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata (signature_def only, as tensorflow_model_server)."""
+
+    def __init__(self, models: Models, limit: ConcurrencyLimit, max_batch_size: int):
+        self.models = models
+        self.limit = limit
+        self.max_batch_size = max_batch_size
+
+    @_answers_errors
+    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        self.limit.acquire()
+        try:
+            loaded = self.models.version_for(request.model_spec)
+            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            signature = loaded.signature(signature_name)
+            inputs = checked_inputs(signature, request.inputs, self.max_batch_size)
+            output_keys = checked_output_filter(signature, request.output_filter)
+            try:
+                outputs = loaded.run(signature_name, inputs)
+            except tf.errors.InvalidArgumentError as error:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, error.message) from None
+        finally:
+            self.limit.release()
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = signature_name
+        for key in output_keys:
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
+        return response
+
+    @_answers_errors
+    def GetModelMetadata(self, request, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.metadata_field:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "metadata_field is empty; ask for 'signature_def'")
+        unsupported = sorted(set(request.metadata_field) - {"signature_def"})
+        if unsupported:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"metadata field(s) {unsupported} not supported; only 'signature_def'"
+            )
+        loaded = self.models.version_for(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = loaded.version
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature in loaded.signature_defs.items():
+            signature_map.signature_def[name].CopyFrom(signature)
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus: the state of every version of a model seen so far (or of the one asked for)."""
+
+    def __init__(self, models: Models):
+        self.models = models
+
+    @_answers_errors
+    def GetModelStatus(self, request, context) -> get_model_status_pb2.GetModelStatusResponse:
+        model = self.models.find(request.model_spec)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, status in model.statuses(requested_version(request.model_spec)):
+            entry = response.model_version_status.add(version=version, state=status.state)
+            entry.status.error_code = status.error_code
+            entry.status.error_message = status.error_message
+        return response
+
+
+class ModelServer:
+    """The gRPC server for `models` ({name: base path}) on host:port (port 0: a free one, see `.port`).
+
+    `start()` loads each model's newest version before it accepts calls; a background thread polls the base paths
+    every `poll_seconds`; `stop()` ends both.
+    """
+
+    def __init__(
+        self, models: Dict[str, str], host: str = "127.0.0.1", port: int = 8500, max_concurrent: int = 16,
+        max_batch_size: int = 256, max_message_mb: int = 256, poll_seconds: float = 1.0,
+    ):
+        if not models:
+            raise ValueError("no model to serve")
+        for name, value in (("max_concurrent", max_concurrent), ("max_batch_size", max_batch_size),
+                            ("max_message_mb", max_message_mb)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
+        self.models = Models({name: ModelVersions(name, path) for name, path in models.items()})
+        self.limit = ConcurrencyLimit(max_concurrent)
+        self.poll_seconds = poll_seconds
+        threads = max_concurrent + CONTROL_THREADS
+        message_bytes = int(max_message_mb) * MEGABYTE
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="serving"),
+            maximum_concurrent_rpcs=threads,
+            options=[
+                ("grpc.max_receive_message_length", message_bytes),
+                ("grpc.max_send_message_length", message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.models, self.limit, max_batch_size), self._server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self._server)
+        try:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {host}:{port}: {error}") from None
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port} (in use?)")
+        self.host = host
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(target=self._poll_forever, name="serving-poller", daemon=True)
+
+    def poll(self) -> None:
+        """Checks every model's base path for a newer (or vanished) version once."""
+        for model in self.models.by_name.values():
+            try:
+                model.poll()
+            except OSError as error:
+                LOG.error("model '%s': cannot read %s: %s", model.name, model.base_path, error)
+
+    def _poll_forever(self) -> None:
+        while not self._stop_polling.wait(self.poll_seconds):
+            self.poll()
+
+    def start(self) -> "ModelServer":
+        self.poll()
+        for model in self.models.by_name.values():
+            if not model.statuses():
+                LOG.warning("model '%s': no version under %s yet; waiting for one", model.name, model.base_path)
+        self._server.start()
+        self._poller.start()
+        return self
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        """Refuses new calls, lets in-flight ones finish for up to `grace_seconds`, stops polling."""
+        self._server.stop(grace_seconds).wait()
+        self._stop_polling.set()
+        if self._poller.is_alive():
+            self._poller.join()
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def read_model_config(path: str) -> Dict[str, str]:
+    """{name: base_path} from a tensorflow_model_server --model_config_file (text ModelServerConfig); only name,
+    base_path and model_platform "tensorflow" are supported, other settings are refused by name."""
+    try:
+        config = text_format.Parse(Path(path).read_text(), model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as error:
+        raise ValueError(f"{path}: not a ModelServerConfig: {error}") from None
+    models = {}
+    for entry in config.model_config_list.config:
+        unsupported = [field.name for field, _ in entry.ListFields() if field.name not in ("name", "base_path", "model_platform")]
+        if unsupported:
+            raise ValueError(f"{path}: model '{entry.name}': unsupported setting(s) {', '.join(unsupported)}")
+        if entry.model_platform not in ("", "tensorflow"):
+            raise ValueError(f"{path}: model '{entry.name}': model_platform must be 'tensorflow'")
+        if not entry.name or not entry.base_path:
+            raise ValueError(f"{path}: every model needs a name and a base_path")
+        models[entry.name] = entry.base_path
+    if not models:
+        raise ValueError(f"{path}: no model in model_config_list")
+    return models
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name", help="the model's name in requests (with --model_base_path)")
+    parser.add_argument("--model_base_path", help="folder of numeric version folders, e.g. models/NAME")
+    parser.add_argument("--model_config_file", help="text ModelServerConfig listing models (instead of the two above)")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    parser.add_argument("--rest_api_port", type=int, default=0, help="accepted for compatibility; no REST API here")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--max_concurrent", type=int, default=16, help="Predict calls in flight before refusing")
+    parser.add_argument("--max_batch_size", type=int, default=256, help="largest batch accepted")
+    parser.add_argument("--max_message_mb", type=int, default=256, help="largest gRPC message, in MiB")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, help="version polling period")
+    parser.add_argument("--grace_seconds", type=float, default=5.0, help="time in-flight calls get at shutdown")
+    args = parser.parse_args(argv)
+    if args.model_config_file and (args.model_name or args.model_base_path):
+        parser.error("give either --model_config_file or --model_name with --model_base_path")
+    if not args.model_config_file and not (args.model_name and args.model_base_path):
+        parser.error("--model_name and --model_base_path are required (or --model_config_file)")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s serving: %(message)s")
+    tf.get_logger().setLevel("ERROR")
+    if args.rest_api_port:
+        LOG.warning("--rest_api_port %d ignored: this server has no REST API", args.rest_api_port)
+    try:
+        models = read_model_config(args.model_config_file) if args.model_config_file else {
+            args.model_name: args.model_base_path
+        }
+        server = ModelServer(
+            models, host=args.host, port=args.port, max_concurrent=args.max_concurrent,
+            max_batch_size=args.max_batch_size, max_message_mb=args.max_message_mb,
+            poll_seconds=args.file_system_poll_wait_seconds,
+        ).start()
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    stop_requested = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda number, frame: stop_requested.set())
+    print(f"serving {', '.join(sorted(models))} on {args.host}:{server.port}", flush=True)
+    while not stop_requested.wait(0.2):
+        pass
+    LOG.info("stopping: no new calls, %.0f s for the ones in flight", args.grace_seconds)
+    server.stop(args.grace_seconds)
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""serving.server / serving.client / tools.bench_serving on 127.0.0.1: Predict, GetModelMetadata and GetModelStatus
+against the exported model, every bad request's gRPC status (the next good one still succeeds), the concurrency
+bound, message limits, pickup of a new version, the client CLI on PNG files, and the server CLI's clean shutdown."""
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.client import embed_files, main as client_main
+from serving.server import ModelServer, read_model_config
+from serving.server import main as server_main
+from tfface import backbones
+from tfface.export import export_run
+from tfface.training.config import config_hash, load_config, save_config
+from tools.bench_serving import benchmark, main as bench_main
+
+REPO = Path(__file__).resolve().parents[1]
+INPUT_SHAPE = (20, 16, 3)
+EMBEDDING_SIZE = 8
+MAX_BATCH = 2048
+MAX_CONCURRENT = 2
+State = get_model_status_pb2.ModelVersionStatus.State
+
+
+def write_run(run_dir: Path, seed: int) -> Path:
+    """A training run dir by hand: a `tiny` backbone with seeded random weights, config.yaml and run.json."""
+    run_dir.mkdir(parents=True)
+    config = load_config(None, ["backbone.name=tiny", f"backbone.options={{embedding_size: {EMBEDDING_SIZE}}}"])
+    backbone = backbones.get_backbone("tiny", input_shape=INPUT_SHAPE, embedding_size=EMBEDDING_SIZE)
+    rng = np.random.default_rng(seed)
+    for variable in backbone.trainable_variables:
+        variable.assign(rng.normal(0.0, 0.5, size=variable.shape).astype("float32"))
+    backbone.save_weights(str(run_dir / "backbone.weights.h5"))
+    save_config(config, str(run_dir / "config.yaml"))
+    (run_dir / "run.json").write_text(json.dumps({
+        "backbone": "tiny", "input_shape": list(INPUT_SHAPE), "embedding_size": EMBEDDING_SIZE, "num_classes": 3,
+        "config_hash": config_hash(config),
+    }))
+    return run_dir
+
+
+def keras_embeddings(run_dir: Path, uint8_images: np.ndarray) -> np.ndarray:
+    """L2-normalised embeddings of the run's Keras backbone, preprocessing and normalisation done in numpy."""
+    backbone = backbones.get_backbone("tiny", input_shape=INPUT_SHAPE, embedding_size=EMBEDDING_SIZE)
+    backbone.load_weights(str(run_dir / "backbone.weights.h5"))
+    normalized = ((uint8_images.astype(np.float64) - 127.5) / 128.0).astype(np.float32)
+    raw = backbone(normalized, training=False)["embedding"].numpy().astype(np.float64)
+    return raw / np.linalg.norm(raw, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("serving")
+    return {"v1": write_run(root / "run1", seed=1), "v2": write_run(root / "run2", seed=2), "root": root}
+
+
+@pytest.fixture(scope="module")
+def base_path(runs) -> Path:
+    base = runs["root"] / "models" / "tiny"
+    export_run(runs["v1"], base / "1")
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(base_path):
+    with ModelServer(
+        {"tiny": str(base_path)}, port=0, max_concurrent=MAX_CONCURRENT, max_batch_size=MAX_BATCH, poll_seconds=0.2
+    ) as running:
+        yield running
+
+
+def stubs(port: int):
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    )
+    return (
+        prediction_service_pb2_grpc.PredictionServiceStub(channel),
+        model_service_pb2_grpc.ModelServiceStub(channel),
+    )
+
+
+def predict_request(images, model="tiny", signature="", key="images") -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    request.inputs[key].CopyFrom(tf.make_tensor_proto(images))
+    return request
+
+
+def uint8_images(count: int, shape=INPUT_SHAPE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(count, *shape)).astype(np.uint8)
+
+
+def status_of(model_stub, version=None, model="tiny") -> dict:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    response = model_stub.GetModelStatus(request, timeout=10)
+    return {entry.version: (entry.state, entry.status.error_message) for entry in response.model_version_status}
+
+
+def test_predict_returns_the_keras_embeddings(server, runs):
+    prediction, _ = stubs(server.port)
+    images = uint8_images(5)
+    response = prediction.Predict(predict_request(images), timeout=30)
+    assert response.model_spec.name == "tiny" and response.model_spec.version.value == 1
+    assert response.model_spec.signature_name == "serving_default"
+    embeddings = tf.make_ndarray(response.outputs["embedding"])
+    np.testing.assert_allclose(embeddings, keras_embeddings(runs["v1"], images), atol=1e-5)
+
+
+def test_metadata_lists_the_signatures_and_status_says_available(server):
+    prediction, model_service = stubs(server.port)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "tiny"
+    response = prediction.GetModelMetadata(request, timeout=10)
+    assert response.model_spec.version.value == 1
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signature_map)
+    assert set(signature_map.signature_def) == {"serving_default", "embed_normalized", "embed_flip"}
+    images = signature_map.signature_def["serving_default"].inputs["images"]
+    assert [dim.size for dim in images.tensor_shape.dim] == [-1, 20, 16, 3]
+    assert status_of(model_service) == {1: (State.AVAILABLE, "")}
+    assert status_of(model_service, version=1) == {1: (State.AVAILABLE, "")}
+
+
+def _with_version(request, version):
+    request.model_spec.version.value = version
+    return request
+
+
+def _with_label(request, label):
+    request.model_spec.version_label = label
+    return request
+
+
+def _with_filter(request, name):
+    request.output_filter.append(name)
+    return request
+
+
+def _with_truncated_content(request):
+    request.inputs["images"].tensor_content = request.inputs["images"].tensor_content[:-7]
+    return request
+
+
+def _metadata(model="tiny", fields=("signature_def",)):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=list(fields))
+    request.model_spec.name = model
+    return request
+
+
+BAD_PREDICTS = {
+    "unknown model": (lambda: predict_request(uint8_images(2), model="nobody"), grpc.StatusCode.NOT_FOUND,
+                      "unknown model 'nobody'; serving: tiny"),
+    "unknown version": (lambda: _with_version(predict_request(uint8_images(2)), 99), grpc.StatusCode.NOT_FOUND,
+                        "version 99 is not being served"),
+    "version label": (lambda: _with_label(predict_request(uint8_images(2)), "stable"), grpc.StatusCode.NOT_FOUND,
+                      "unknown version label 'stable'"),
+    "unknown signature": (lambda: predict_request(uint8_images(2), signature="classify"), grpc.StatusCode.NOT_FOUND,
+                          "signature 'classify' not found"),
+    "wrong dtype": (lambda: predict_request(uint8_images(2).astype(np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+                    "input 'images' must be DT_UINT8, got DT_FLOAT"),
+    "wrong size": (lambda: predict_request(uint8_images(2, shape=(16, 20, 3))), grpc.StatusCode.INVALID_ARGUMENT,
+                   r"must have shape [N, 20, 16, 3], got [2, 16, 20, 3]"),
+    "wrong rank": (lambda: predict_request(uint8_images(2)[0]), grpc.StatusCode.INVALID_ARGUMENT,
+                   "got [20, 16, 3]"),
+    "empty batch": (lambda: predict_request(uint8_images(0)), grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
+    "oversized batch": (lambda: predict_request(uint8_images(MAX_BATCH + 1)), grpc.StatusCode.INVALID_ARGUMENT,
+                        f"batch of {MAX_BATCH + 1} is larger than the server's max_batch_size {MAX_BATCH}"),
+    "wrong input key": (lambda: predict_request(uint8_images(2), key="pixels"), grpc.StatusCode.INVALID_ARGUMENT,
+                        "missing ['images'], unexpected ['pixels']"),
+    "unknown output": (lambda: _with_filter(predict_request(uint8_images(2)), "logits"),
+                       grpc.StatusCode.INVALID_ARGUMENT, "output_filter names unknown output(s) ['logits']"),
+    "malformed tensor": (lambda: _with_truncated_content(predict_request(uint8_images(2))),
+                         grpc.StatusCode.INVALID_ARGUMENT, "input 'images' is not a valid tensor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PREDICTS))
+def test_bad_predict_gets_its_status_and_the_next_good_one_succeeds(server, case):
+    prediction, _ = stubs(server.port)
+    make_request, code, message = BAD_PREDICTS[case]
+    with pytest.raises(grpc.RpcError) as caught:
+        prediction.Predict(make_request(), timeout=30)
+    assert caught.value.code() == code
+    assert message in caught.value.details()
+    assert tf.make_ndarray(prediction.Predict(predict_request(uint8_images(1)), timeout=30).outputs["embedding"]).shape == (1, 8)
+
+
+def test_bad_metadata_and_status_requests_get_their_status(server):
+    prediction, model_service = stubs(server.port)
+    for request, code, message in (
+        (_metadata(model="nobody"), grpc.StatusCode.NOT_FOUND, "unknown model 'nobody'"),
+        (_metadata(fields=()), grpc.StatusCode.INVALID_ARGUMENT, "metadata_field is empty"),
+        (_metadata(fields=("signature_def", "labels")), grpc.StatusCode.INVALID_ARGUMENT, "['labels'] not supported"),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            prediction.GetModelMetadata(request, timeout=10)
+        assert caught.value.code() == code and message in caught.value.details()
+    for model, version, message in (("nobody", None, "unknown model"), ("tiny", 5, "has no version 5")):
+        with pytest.raises(grpc.RpcError) as caught:
+            status_of(model_service, version=version, model=model)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND and message in caught.value.details()
+    assert status_of(model_service) == {1: (State.AVAILABLE, "")}
+
+
+def test_predict_over_the_concurrency_bound_is_resource_exhausted(server):
+    prediction, model_service = stubs(server.port)
+    for _ in range(MAX_CONCURRENT):
+        server.limit.acquire()  # as if MAX_CONCURRENT Predict calls were in flight
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            prediction.Predict(predict_request(uint8_images(1)), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"{MAX_CONCURRENT} Predict calls already in flight" in caught.value.details()
+        assert status_of(model_service) == {1: (State.AVAILABLE, "")}  # other calls are still answered
+    finally:
+        for _ in range(MAX_CONCURRENT):
+            server.limit.release()
+    prediction.Predict(predict_request(uint8_images(1)), timeout=10)
+
+
+def test_messages_over_the_4_mb_grpc_default_pass_both_ways(server, runs):
+    prediction, _ = stubs(server.port)
+    images = uint8_images(1200)
+    normalized = ((images.astype(np.float32) - 127.5) / 128.0)
+    assert normalized.nbytes > 4 << 20
+    response = prediction.Predict(predict_request(normalized, signature="embed_normalized"), timeout=60)
+    embeddings = tf.make_ndarray(response.outputs["embedding"])
+    np.testing.assert_allclose(embeddings[:3], keras_embeddings(runs["v1"], images[:3]), atol=1e-5)
+    assert embeddings.shape == (1200, EMBEDDING_SIZE)
+
+
+def test_a_new_version_is_picked_up_and_a_broken_one_reported(runs, base_path, tmp_path):
+    base = tmp_path / "tiny"
+    shutil.copytree(base_path / "1", base / "1")
+    images = uint8_images(3)
+    with ModelServer({"tiny": str(base)}, port=0, poll_seconds=0.1) as running:
+        prediction, model_service = stubs(running.port)
+        export_run(runs["v2"], base / "2")
+        deadline = time.time() + 60
+        while status_of(model_service).get(2, (None,))[0] != State.AVAILABLE and time.time() < deadline:
+            time.sleep(0.1)
+        assert status_of(model_service) == {2: (State.AVAILABLE, ""), 1: (State.END, "")}
+        response = prediction.Predict(predict_request(images), timeout=30)
+        assert response.model_spec.version.value == 2
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["embedding"]), keras_embeddings(runs["v2"], images), atol=1e-5
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            prediction.Predict(_with_version(predict_request(images), 1), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+        (base / "3").mkdir()
+        (base / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        while 3 not in status_of(model_service) and time.time() < deadline:
+            time.sleep(0.1)
+        state, error = status_of(model_service, version=3)[3]
+        assert state == State.END and "failed to load" in error
+        assert prediction.Predict(predict_request(images), timeout=30).model_spec.version.value == 2
+
+
+def test_client_cli_embeds_png_files_like_the_keras_backbone(server, runs, tmp_path, capsys):
+    folder = tmp_path / "faces" / "alice"
+    folder.mkdir(parents=True)
+    pixels = uint8_images(5, shape=(30, 25, 3), seed=3)
+    for index, image in enumerate(pixels[:4]):
+        Image.fromarray(image).save(folder / f"{index}.png")
+    (folder / "notes.txt").write_text("not an image")
+    single = tmp_path / "bob.png"
+    Image.fromarray(pixels[4]).save(single)
+    out = tmp_path / "out" / "emb.npy"
+    target = f"127.0.0.1:{server.port}"
+
+    assert client_main(["--target", target, "--model", "tiny", "--out", str(out), "--batch_size", "3",
+                        str(tmp_path / "faces"), str(single)]) == 0
+    files = out.with_suffix(".txt").read_text().splitlines()
+    assert files == [str(folder / f"{index}.png") for index in range(4)] + [str(single)]
+    resized = np.stack([np.asarray(Image.fromarray(image).resize((16, 20), Image.Resampling.BILINEAR))
+                        for image in pixels])
+    expected = keras_embeddings(runs["v1"], resized)
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+    float_path, _ = embed_files(target, "tiny", [single], signature="embed_normalized", progress=False)
+    np.testing.assert_allclose(float_path, expected[4:], atol=1e-5)
+
+    capsys.readouterr()
+    assert client_main(["--target", target, "--model", "nobody", "--out", str(out), str(single)]) == 1
+    assert "error: " + target + ": NOT_FOUND: unknown model 'nobody'" in capsys.readouterr().err
+    assert client_main(["--target", target, "--model", "tiny", "--out", str(out), str(tmp_path / "nowhere")]) == 2
+    assert "error: image or folder not found" in capsys.readouterr().err
+
+
+def test_bench_serving_reports_latency_and_throughput(server, capsys):
+    result = benchmark(f"127.0.0.1:{server.port}", "tiny", clients=2, seconds=0.5, batch=2)
+    assert result["calls"] > 0 and result["failures"] == {}
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["images_per_second"] > 0
+    # One client more than the server's Predict bound: refusals are counted, not fatal.
+    assert bench_main(["--target", f"127.0.0.1:{server.port}", "--model", "tiny", "--clients", "3",
+                       "--seconds", "0.3", "--batch", "4"]) == 0
+    assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms, [\d.]+ images/s \(\d+ calls\), "
+                     r"failures: (none|((warm-up )?RESOURCE_EXHAUSTED \d+(, )?)+)$", capsys.readouterr().out.strip())
+
+
+def test_read_model_config_accepts_name_and_base_path_only(tmp_path):
+    config = tmp_path / "models.config"
+    config.write_text(
+        'model_config_list {\n'
+        '  config { name: "tiny" base_path: "/models/tiny" model_platform: "tensorflow" }\n'
+        '  config { name: "big" base_path: "/models/big" }\n'
+        '}\n'
+    )
+    assert read_model_config(str(config)) == {"tiny": "/models/tiny", "big": "/models/big"}
+    assert read_model_config(str(REPO / "serving" / "models.config")) == {"tiny": "/models/tiny"}
+    config.write_text('model_config_list { config { name: "tiny" base_path: "/m" '
+                      'model_version_policy { all {} } } }')
+    with pytest.raises(ValueError, match="model 'tiny': unsupported setting\\(s\\) model_version_policy"):
+        read_model_config(str(config))
+
+
+def test_server_cli_serves_on_loopback_and_stops_on_sigterm(base_path):
+    command = [sys.executable, "-m", "serving.server", "--model_name", "tiny", "--model_base_path", str(base_path),
+               "--port", "0", "--rest_api_port", "8501", "--file_system_poll_wait_seconds", "0.2"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 120
+        while not any(line.startswith("serving tiny on ") for line in lines) and time.time() < deadline:
+            assert process.poll() is None, "".join(lines)
+            time.sleep(0.1)
+        address = next(line for line in lines if line.startswith("serving tiny on ")).split()[-1]
+        assert address.startswith("127.0.0.1:")
+        _, model_service = stubs(int(address.split(":")[1]))
+        assert status_of(model_service) == {1: (State.AVAILABLE, "")}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(timeout=10)
+    assert "stopped\n" in lines, "".join(lines)
+    assert any("--rest_api_port 8501 ignored" in line for line in lines)
+
+
+def test_server_cli_rejects_a_missing_base_path(tmp_path, capsys):
+    assert server_main(["--model_name", "tiny", "--model_base_path", str(tmp_path / "none"), "--port", "0"]) == 2
+    assert f"error: model 'tiny': base path not found: {tmp_path / 'none'}" in capsys.readouterr().err
