@@ -1,0 +1,142 @@
+"""Evaluation reports: JSON (written atomically), a Markdown table and one ROC plot PNG per benchmark.
+
+A report is a dict {"command", "model", "settings", "benchmarks": {name: entry}}; an entry holds the numbers of
+`verification_entry` plus whatever the caller adds (kind, source, ...). `write_report` adds to each entry the file
+name of its ROC plot.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Mapping, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPORT_JSON = "report.json"
+REPORT_MARKDOWN = "report.md"
+MARKDOWN_TAR_FARS = ("1e-04", "1e-03", "1e-02")
+
+RocCurve = Tuple[np.ndarray, np.ndarray]
+
+
+def far_key(far: float) -> str:
+    """The JSON key of a FAR: 1e-4 -> "1e-04"."""
+    return f"{far:.0e}"
+
+
+def verification_entry(metrics: Mapping, pairs: int, images: int, seconds: float) -> Dict:
+    """JSON-ready numbers of one benchmark from `tfface.evaluation.evaluate_pairs`' result.
+
+    Returns accuracy_mean, accuracy_std, fold_accuracies, auc, eer, best_threshold (squared L2 distance), val,
+    val_std, far, tar_at_far ({far_key: tar}), and pairs, images (distinct images embedded), seconds (wall time).
+    """
+    return {
+        "accuracy_mean": float(metrics["accuracy_mean"]),
+        "accuracy_std": float(metrics["accuracy_std"]),
+        "fold_accuracies": [float(accuracy) for accuracy in metrics["fold_accuracies"]],
+        "auc": float(metrics["auc"]),
+        "eer": float(metrics["eer"]),
+        "best_threshold": float(metrics["best_threshold"]),
+        "val": float(metrics["val"]),
+        "val_std": float(metrics["val_std"]),
+        "far": float(metrics["far"]),
+        "tar_at_far": {far_key(far): float(tar) for far, tar in metrics["tar_at_far"].items()},
+        "pairs": int(pairs),
+        "images": int(images),
+        "seconds": round(float(seconds), 3),
+    }
+
+
+def write_text_atomically(text: str, path: Path) -> None:
+    """Writes `text` to a temporary file beside `path` and renames it over `path`: readers see old or new."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def plot_roc(path: Path, name: str, curve: RocCurve, entry: Mapping) -> None:
+    """ROC plot PNG: true accept rate over false accept rate on a log axis from the power of ten at or below the
+    smallest non-zero FAR (where FAR 0 points are drawn) to 1, the equal error rate point marked."""
+    fpr, tpr = (np.asarray(values, dtype=np.float64) for values in curve)
+    smallest = fpr[fpr > 0].min() if np.any(fpr > 0) else 1e-3
+    left = 10.0 ** np.floor(np.log10(smallest))
+    figure, axes = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+    axes.plot(np.maximum(fpr, left), tpr, color="tab:blue", linewidth=1.8, label=f"AUC {entry['auc']:.4f}")
+    eer = entry["eer"]
+    axes.plot([eer], [1.0 - eer], "o", color="tab:red", label=f"EER {100 * eer:.2f}%")
+    axes.set_xscale("log")
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes.set_xlim(left, 1.0)
+    axes.set_ylim(0.0, 1.005)
+    axes.set_xlabel("false accept rate")
+    axes.set_ylabel("true accept rate")
+    axes.set_title(
+        f"{name}: accuracy {100 * entry['accuracy_mean']:.2f} ± {100 * entry['accuracy_std']:.2f}%, "
+        f"{entry['pairs']} pairs", fontsize=10,
+    )
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def markdown_report(report: Mapping) -> str:
+    """The report as Markdown: the model and settings, a table of the main numbers (percentages), and the ROC
+    plots."""
+    model = report["model"]
+    settings = report["settings"]
+    lines = [
+        "# Verification report",
+        "",
+        f"Model: `{model['source']}` ({model['input_size'][0]}x{model['input_size'][1]} -> "
+        f"{model['embedding_size']}-d); flip: {settings['flip']}; PCA: {settings['pca'] or 'none'}; VAL at target "
+        f"FAR {far_key(settings['val_far_target'])}.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| benchmark | kind | pairs | images | accuracy (%) | AUC | EER (%) | VAL @ FAR (%) | "
+        + " | ".join(f"TAR@FAR={far} (%)" for far in MARKDOWN_TAR_FARS)
+        + " | seconds |",
+        "|" + "---|" * (9 + len(MARKDOWN_TAR_FARS)),
+    ]
+    for name, entry in report["benchmarks"].items():
+        tars = " | ".join(f"{100 * entry['tar_at_far'][far]:.2f}" for far in MARKDOWN_TAR_FARS)
+        lines.append(
+            f"| {name} | {entry['kind']} | {entry['pairs']} | {entry['images']} | "
+            f"{100 * entry['accuracy_mean']:.2f} ± {100 * entry['accuracy_std']:.2f} | {entry['auc']:.4f} | "
+            f"{100 * entry['eer']:.2f} | {100 * entry['val']:.2f} @ {100 * entry['far']:.3f} | {tars} | "
+            f"{entry['seconds']:.1f} |"
+        )
+    lines.append("")
+    for name, entry in report["benchmarks"].items():
+        lines.extend([f"![ROC {name}]({entry['roc_plot']})", ""])
+    return "\n".join(lines)
+
+
+def write_report(out_dir, report: Dict, curves: Mapping[str, RocCurve]) -> Path:
+    """Writes `out_dir`/roc_NAME.png per benchmark (curves: {name: (fpr [T], tpr [T])}), report.md and, last,
+    report.json, each atomically; records each plot's file name in its entry as "roc_plot". Returns the JSON path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, entry in report["benchmarks"].items():
+        entry["roc_plot"] = f"roc_{name}.png"
+        plot_path = out_dir / entry["roc_plot"]
+        partial = out_dir / f".{entry['roc_plot']}.partial.png"
+        plot_roc(partial, name, curves[name], entry)
+        os.replace(partial, plot_path)
+    write_text_atomically(markdown_report(report), out_dir / REPORT_MARKDOWN)
+    json_path = out_dir / REPORT_JSON
+    write_text_atomically(json.dumps(report, indent=2) + "\n", json_path)
+    return json_path

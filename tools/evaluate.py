@@ -1,0 +1,336 @@
+"""Batch 1:1 verification of a face model on standard benchmarks, written as a report.
+
+    python -m tools.evaluate --model models/NAME/VERSION --benchmark lfw=DIR --benchmark cfp_fp=PATH.bin \\
+        --benchmark cfp=CFP_DIR:FP --benchmark mine=pairs.csv --flip sum --pca 0 --out REPORT_DIR
+
+The model is any SavedModel whose `serving_default` signature takes one uint8 tensor [N, H, W, 3] (RGB) and
+returns one embedding tensor [N, D], whatever their names; H and W are read from the signature, and the images
+of every benchmark are resized to them. --model may also be a model base path (the newest numeric version).
+
+A benchmark's kind comes from its value: a folder with pairs.txt is LFW (one folder per identity beside it), a
+.bin file an insightface verification set, a folder with Protocol/ CFP (":FF" or ":FP" after it picks the
+protocol, FP by default), a .csv file a pairs CSV (path1,path2,issame[,fold]). Each distinct image is embedded
+once (and once mirrored with --flip sum|concat); pairs are scored with `tfface.evaluation.evaluate_pairs`, using the
+benchmark's own folds when it defines them (else --folds contiguous folds) and, with --pca N, a PCA fitted on the
+training folds only.
+
+REPORT_DIR gets report.json (per benchmark accuracy_mean, accuracy_std, auc, eer, best_threshold, val, far,
+tar_at_far, pairs, images, seconds; the model's metadata and the command), report.md and roc_NAME.png.
+Bad input is one line `error: ...` on stderr and exit code 2.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from tfface.errors import ConfigError  # noqa: E402
+from tfface.evaluation import (  # noqa: E402
+    PairList,
+    combine_flip,
+    evaluate_pairs,
+    load_bin,
+    load_images,
+    read_cfp_pairs,
+    read_lfw_pairs,
+    read_pairs_csv,
+    roc_curve,
+    squared_distances,
+)
+from tfface.evaluation.readers.cfp import CFP_PROTOCOLS  # noqa: E402
+from tfface.evaluation.report import RocCurve, verification_entry, write_report  # noqa: E402
+from tfface.export import DEFAULT_SIGNATURE, METADATA_FILE, model_versions  # noqa: E402
+
+FLIP_CHOICES = ("sum", "concat", "none")
+VAL_FAR_TARGET = 1e-3
+BENCHMARK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+KIND_HELP = (
+    "a folder with pairs.txt (LFW), a .bin file (insightface), a folder with Protocol/ (CFP, optionally "
+    "suffixed :FF or :FP) or a .csv file (pairs CSV)"
+)
+
+
+class Benchmark(NamedTuple):
+    """One --benchmark NAME=VALUE: kind is "lfw", "bin", "cfp:FF", "cfp:FP" or "csv"; path the file or folder."""
+
+    name: str
+    kind: str
+    path: Path
+
+
+class BenchmarkPairs(NamedTuple):
+    """A benchmark's pairs over its distinct images.
+
+    load(start, stop) -> uint8 images [stop - start, H, W, 3] of distinct images start..stop-1 (of n_images);
+    first, second: int [P] indices of each pair's images; issame: bool [P]; folds: int [P] or None.
+    """
+
+    n_images: int
+    load: Callable[[int, int], np.ndarray]
+    first: np.ndarray
+    second: np.ndarray
+    issame: np.ndarray
+    folds: Optional[np.ndarray]
+
+
+def parse_benchmark(spec: str) -> Benchmark:
+    """NAME=VALUE -> Benchmark, its kind recognised from VALUE (see the module docstring)."""
+    name, separator, value = spec.partition("=")
+    if not separator or not value:
+        raise ConfigError(f"--benchmark must be NAME=PATH, got '{spec}'")
+    if not BENCHMARK_NAME.fullmatch(name):
+        raise ConfigError(f"--benchmark name must be letters, digits, '_', '.' or '-', got '{name}'")
+    protocol = None
+    base, colon, suffix = value.rpartition(":")
+    if colon and suffix.upper() in CFP_PROTOCOLS:
+        value, protocol = base, suffix.upper()
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"benchmark {name}: not found: {value}")
+    if path.is_dir() and (path / "Protocol").is_dir():
+        return Benchmark(name, f"cfp:{protocol or 'FP'}", path)
+    if protocol is not None:
+        raise ConfigError(f"benchmark {name}: ':{protocol}' is for CFP folders, but {value} has no Protocol/ folder")
+    if path.is_dir() and (path / "pairs.txt").is_file():
+        return Benchmark(name, "lfw", path)
+    if path.is_file() and path.suffix.lower() in (".bin", ".csv"):
+        return Benchmark(name, path.suffix.lower()[1:], path)
+    raise ConfigError(f"benchmark {name}: cannot tell the kind of {value}; expected {KIND_HELP}")
+
+
+def pairs_of_files(pair_list: PairList, image_size: Tuple[int, int]) -> BenchmarkPairs:
+    """BenchmarkPairs over a PairList's distinct image files, read and resized to image_size (H, W) on demand."""
+    paths, first, second = pair_list.image_index()
+    return BenchmarkPairs(
+        n_images=len(paths),
+        load=lambda start, stop: load_images(paths[start:stop], image_size),
+        first=first,
+        second=second,
+        issame=pair_list.issame,
+        folds=pair_list.folds,
+    )
+
+
+def pairs_of_bin(path: Path, image_size: Tuple[int, int]) -> BenchmarkPairs:
+    """BenchmarkPairs of an insightface .bin (pair i = images 2i, 2i+1); identical decoded images count once."""
+    images, issame = load_bin(path, image_size)
+    position: Dict[bytes, int] = {}
+    distinct = []
+    index = np.empty(len(images), dtype=np.int64)
+    for image_number, image in enumerate(images):
+        digest = hashlib.sha1(image.tobytes()).digest()
+        if digest not in position:
+            position[digest] = len(distinct)
+            distinct.append(image_number)
+        index[image_number] = position[digest]
+    distinct_images = images[distinct]
+    return BenchmarkPairs(
+        n_images=len(distinct),
+        load=lambda start, stop: distinct_images[start:stop],
+        first=index[0::2],
+        second=index[1::2],
+        issame=issame,
+        folds=None,
+    )
+
+
+def read_benchmark(benchmark: Benchmark, image_size: Tuple[int, int]) -> BenchmarkPairs:
+    """Reads a benchmark's pair list (images are read later, batch by batch, except a .bin's)."""
+    if benchmark.kind == "lfw":
+        return pairs_of_files(read_lfw_pairs(benchmark.path / "pairs.txt", benchmark.path), image_size)
+    if benchmark.kind == "csv":
+        return pairs_of_files(read_pairs_csv(benchmark.path), image_size)
+    if benchmark.kind.startswith("cfp:"):
+        return pairs_of_files(read_cfp_pairs(benchmark.path, benchmark.kind[len("cfp:"):]), image_size)
+    return pairs_of_bin(benchmark.path, image_size)
+
+
+class SavedModelEmbedder:
+    """A SavedModel's serving_default as uint8 images [N, H, W, 3] -> float32 embeddings [N, D].
+
+    input_size is (H, W) from the signature; description is what the report says about the model (with the
+    tfface export metadata when the SavedModel has it).
+    """
+
+    def __init__(self, model_path):
+        path = resolve_model_dir(Path(model_path))
+        self._saved_model = tf.saved_model.load(str(path))
+        if DEFAULT_SIGNATURE not in self._saved_model.signatures:
+            raise ConfigError(f"--model {path}: no '{DEFAULT_SIGNATURE}' signature")
+        self._signature = self._saved_model.signatures[DEFAULT_SIGNATURE]
+        inputs = self._signature.structured_input_signature[1]
+        outputs = self._signature.structured_outputs
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ConfigError(
+                f"--model {path}: '{DEFAULT_SIGNATURE}' must take one input and return one output, it has inputs "
+                f"{sorted(inputs)} and outputs {sorted(outputs)}"
+            )
+        (self._input_key, spec), = inputs.items()
+        (self._output_key, output_spec), = outputs.items()
+        if spec.dtype != tf.uint8 or spec.shape.rank != 4 or spec.shape[3] != 3 or None in spec.shape[1:3]:
+            raise ConfigError(
+                f"--model {path}: '{DEFAULT_SIGNATURE}' input '{self._input_key}' must be uint8 [N, H, W, 3] with "
+                f"H and W fixed, got {spec.dtype.name} {spec.shape}"
+            )
+        self.input_size = (int(spec.shape[1]), int(spec.shape[2]))
+        self.description = {
+            "source": str(path),
+            "input_size": list(self.input_size),
+            "embedding_size": output_spec.shape[-1],
+            "signature": {"input": self._input_key, "output": self._output_key},
+        }
+        if (path / METADATA_FILE).is_file():
+            self.description["metadata"] = json.loads((path / METADATA_FILE).read_text())
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        result = self._signature(**{self._input_key: tf.constant(np.ascontiguousarray(images))})
+        return result[self._output_key].numpy()
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """A SavedModel folder itself, or the newest numeric version under a model base path."""
+    if not path.is_dir():
+        raise ConfigError(f"--model: folder not found: {path}")
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = model_versions(path)
+    if not versions:
+        raise ConfigError(f"--model: no SavedModel (saved_model.pb) in {path}, nor numeric version folders with one")
+    return versions[max(versions)]
+
+
+def make_embedder(args: argparse.Namespace):
+    """The embedder of --model."""
+    return SavedModelEmbedder(args.model)
+
+
+def embed_distinct_images(
+    embed: Callable[[np.ndarray], np.ndarray], pairs: BenchmarkPairs, flip: str, batch_size: int, label: str
+) -> np.ndarray:
+    """Embeddings of the distinct images, [n_images, D] ("none", "sum") or [n_images, 2D] ("concat"), with a
+    progress bar; "sum" and "concat" fuse each image's embedding with its mirror's (`combine_flip`)."""
+    plain, mirrored = [], []
+    with tqdm(total=pairs.n_images, desc=label, unit="image", file=sys.stderr) as progress:
+        for start in range(0, pairs.n_images, batch_size):
+            batch = pairs.load(start, min(start + batch_size, pairs.n_images))
+            plain.append(embed(batch))
+            if flip != "none":
+                mirrored.append(embed(batch[:, :, ::-1]))
+            progress.update(len(batch))
+    if flip == "none":
+        return np.concatenate(plain)
+    return combine_flip(np.concatenate(plain), np.concatenate(mirrored), mode=flip)
+
+
+def evaluate_benchmark(
+    benchmark: Benchmark, embedder, flip: str, pca: int, n_folds: int, batch_size: int
+) -> Tuple[Dict, RocCurve]:
+    """Report entry of one benchmark (kind, path and `verification_entry`'s numbers) and its ROC (FPR, TPR) on
+    cosine similarity."""
+    started = time.perf_counter()
+    try:
+        pairs = read_benchmark(benchmark, embedder.input_size)
+        embeddings = embed_distinct_images(embedder, pairs, flip, batch_size, benchmark.name)
+        first, second = embeddings[pairs.first], embeddings[pairs.second]
+        metrics = evaluate_pairs(first, second, pairs.issame, n_folds=n_folds, folds=pairs.folds, pca_components=pca,
+                                 far_target=VAL_FAR_TARGET)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"benchmark {benchmark.name}: {error}") from None
+    fpr, tpr, _ = roc_curve(1.0 - squared_distances(first, second) / 2.0, pairs.issame)
+    entry = {
+        "kind": benchmark.kind,
+        "path": str(benchmark.path),
+        **verification_entry(metrics, len(pairs.issame), pairs.n_images, time.perf_counter() - started),
+    }
+    return entry, (fpr, tpr)
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="SavedModel folder (models/NAME/VERSION) or model base path")
+    source.add_argument("--target", help="TF Serving gRPC target HOST:PORT (with --model_name)")
+    parser.add_argument("--model_name", help="model name on the serving target")
+    parser.add_argument(
+        "--benchmark", action="append", required=True, metavar="NAME=PATH", help=f"repeatable; PATH is {KIND_HELP}"
+    )
+    parser.add_argument("--flip", choices=FLIP_CHOICES, default="sum", help="fuse with mirrored images (sum, concat)")
+    parser.add_argument("--pca", type=int, default=0, help="PCA components fitted on training folds (0: none)")
+    parser.add_argument("--folds", type=int, default=10, help="contiguous folds for benchmarks that define none")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=64, help="images per model call")
+    parser.add_argument("--out", required=True, help="report folder")
+    return parser.parse_args(argv)
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Raises ConfigError naming the first bad option."""
+    if args.pca < 0:
+        raise ConfigError(f"--pca must be >= 0, got {args.pca}")
+    if args.folds < 1:
+        raise ConfigError(f"--folds must be >= 1, got {args.folds}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.target is not None and not args.model_name:
+        raise ConfigError("--target needs --model_name (the model's name on the serving target)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out is a file, not a folder: {args.out}")
+
+
+def summary_line(name: str, entry: Dict) -> str:
+    return (
+        f"{name}: accuracy {100 * entry['accuracy_mean']:.2f} ± {100 * entry['accuracy_std']:.2f}%, "
+        f"AUC {entry['auc']:.4f}, EER {100 * entry['eer']:.2f}% ({entry['pairs']} pairs, {entry['images']} images, "
+        f"{entry['seconds']:.1f} s)"
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    tf.get_logger().setLevel("ERROR")
+    try:
+        check_settings(args)
+        benchmarks = [parse_benchmark(spec) for spec in args.benchmark]
+        names = [benchmark.name for benchmark in benchmarks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"--benchmark name(s) given more than once: {', '.join(repeated)}")
+        embedder = make_embedder(args)
+        entries, curves = {}, {}
+        for benchmark in benchmarks:
+            entries[benchmark.name], curves[benchmark.name] = evaluate_benchmark(
+                benchmark, embedder, args.flip, args.pca, args.folds, args.batch_size
+            )
+            print(summary_line(benchmark.name, entries[benchmark.name]))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = {
+        "command": shlex.join(["python", "-m", "tools.evaluate", *argv]),
+        "model": embedder.description,
+        "settings": {
+            "flip": args.flip,
+            "pca": args.pca,
+            "folds": args.folds,
+            "batch_size": args.batch_size,
+            "val_far_target": VAL_FAR_TARGET,
+        },
+        "benchmarks": entries,
+    }
+    print(f"report: {write_report(args.out, report, curves)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
