@@ -1,0 +1,81 @@
+"""Robust image-file I/O for the data tools: listing a folder, reading with clear per-file errors, atomic writes.
+
+A bad file (empty, truncated, not an image, too many pixels) raises `UnreadableImageError` naming its path and the
+reason, so a tool can report it and go on. Writes go to a temporary file beside the target and are renamed into
+place, so an interrupted run never leaves a half-written output.
+"""
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class UnreadableImageError(Exception):
+    """A file that cannot be used as an image; str() is "<path>: <reason>"."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def list_files(root) -> list[str]:
+    """Every non-hidden file under `root` (recursively), as sorted posix paths relative to `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"input folder not found: {root}")
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        files += [(Path(folder) / name).relative_to(root).as_posix() for name in names if not name.startswith(".")]
+    return sorted(files)
+
+
+def read_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to uint8 RGB [H, W, 3], upright per its EXIF orientation.
+
+    Raises UnreadableImageError for an empty, truncated or non-image file, or one with more than `max_pixels`
+    pixels (checked from the header, before decoding).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImageError(path, "empty file")
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise UnreadableImageError(
+                    path, f"too large: {width} x {height} = {width * height} pixels (limit {max_pixels})")
+            if width == 0 or height == 0:
+                raise UnreadableImageError(path, f"image has no pixels ({width} x {height})")
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except UnidentifiedImageError:
+        raise UnreadableImageError(path, "not an image file PIL can read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(path, f"cannot read: {error}") from None
+
+
+def write_atomic(path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename (parents are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_png_atomic(path, pixels) -> None:
+    """Encode uint8 pixels [H, W] or [H, W, 3] as PNG and write them atomically to `path`."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels)).save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
