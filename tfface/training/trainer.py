@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from tfface.training.plugins import Branch, Gate, Plugin, Regularizer, StepContext
+from tfface.training.precision import rescale_gradients
 
 FREEZABLE_PARTS = ("backbone", "head")
 
@@ -24,6 +25,11 @@ class FaceTrainer(keras.Model):
 
     `frozen` names parts ("backbone", "head") whose variables the main optimizer leaves alone; their batch
     normalization runs in inference mode.
+
+    A head whose logits cover a subset of the classes (Partial FC) also outputs "targets" [N], the label column in
+    its logits; a head with `sharded_variables` (one shard per replica, never all-reduced) updates them itself
+    through `apply_sharded_gradients(gradients, optimizer)`. The loss is scaled by `optimizer.scale_loss` before
+    the gradients (mixed float16; see tfface.training.precision).
     """
 
     def __init__(
@@ -139,7 +145,7 @@ class FaceTrainer(keras.Model):
             variables = branch.adversary_variables()
             with tf.GradientTape() as tape:
                 loss = branch.adversary_loss(stopped)
-                reduced = self._reduce(loss, None)
+                reduced = branch.optimizer.scale_loss(self._reduce(loss, None))
             gradients = tape.gradient(reduced, variables)
             branch.optimizer.apply(gradients, variables)
             self.adversary_trackers[branch.name].update_state(tf.reduce_mean(loss))
@@ -160,15 +166,18 @@ class FaceTrainer(keras.Model):
         main_variables = self._main_variables()
         own_optimizer_branches = [b for b in self.branches if b.optimizer is not None]
         branch_variables = [list(b.cooperative_variables()) for b in own_optimizer_branches]
+        sharded_variables = list(getattr(self.head, "sharded_variables", ()))
         with tf.GradientTape() as tape:
+            tape.watch(sharded_variables)
             features = self.backbone(images, training=True)
             context = StepContext(batch=data, features=features, labels=labels, head=self.head, step=step)
             with tape.stop_recording():
                 self._adversary_phase(context)
             context.head_outputs = self.head(features["embedding"], labels, training=True)
             example_weights = None if self.gate is None else tf.cast(self.gate.weights_for(context), tf.float32)
+            targets = context.head_outputs.get("targets", labels)
             identity_loss = keras.losses.sparse_categorical_crossentropy(
-                labels, context.head_outputs["logits"], from_logits=True
+                targets, context.head_outputs["logits"], from_logits=True
             )
             total = self._reduce(identity_loss, example_weights)
             for plugin in self.plugins:
@@ -177,19 +186,23 @@ class FaceTrainer(keras.Model):
                     continue
                 total += plugin.loss_weight(step) * self._reduce(plugin_loss, example_weights)
                 self._track(self.plugin_trackers[plugin.name], plugin_loss)
-        gradients = tape.gradient(total, main_variables + sum(branch_variables, []))
+            scaled_total = self.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled_total, main_variables + sum(branch_variables, []) + sharded_variables)
+        if sharded_variables:
+            self.head.apply_sharded_gradients(gradients[len(gradients) - len(sharded_variables) :], self.optimizer)
         self.optimizer.apply(gradients[: len(main_variables)], main_variables)
         offset = len(main_variables)
         for branch, variables in zip(own_optimizer_branches, branch_variables):
             if variables:
-                branch.optimizer.apply(gradients[offset : offset + len(variables)], variables)
+                branch_gradients = gradients[offset : offset + len(variables)]
+                branch.optimizer.apply(rescale_gradients(branch_gradients, self.optimizer, branch.optimizer), variables)
             offset += len(variables)
         for plugin in self.plugins:
             plugin.after_update(context)
 
         self.loss_tracker.update_state(total * self._replica_count())
         self._track(self.identity_loss_tracker, identity_loss)
-        self.accuracy_tracker.update_state(labels, context.head_outputs["plain_logits"])
+        self.accuracy_tracker.update_state(targets, context.head_outputs["plain_logits"])
         self._track_plugin_logs(context)
         return {metric.name: metric.result() for metric in self.metrics}
 
@@ -202,10 +215,11 @@ class FaceTrainer(keras.Model):
         _, images, labels = self._unpack(data)
         embeddings = self.backbone(images, training=False)["embedding"]
         head_outputs = self.head(embeddings, labels, training=False)
-        identity_loss = keras.losses.sparse_categorical_crossentropy(labels, head_outputs["logits"], from_logits=True)
+        targets = head_outputs.get("targets", labels)
+        identity_loss = keras.losses.sparse_categorical_crossentropy(targets, head_outputs["logits"], from_logits=True)
         self._track(self.identity_loss_tracker, identity_loss)
         self.loss_tracker.update_state(tf.reduce_mean(identity_loss))
-        self.accuracy_tracker.update_state(labels, head_outputs["plain_logits"])
+        self.accuracy_tracker.update_state(targets, head_outputs["plain_logits"])
         return {
             metric.name: metric.result()
             for metric in (self.loss_tracker, self.identity_loss_tracker, self.accuracy_tracker)
