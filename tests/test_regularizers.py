@@ -1,6 +1,7 @@
 """Center loss, center invariant loss and exclusive regularization: values and gradients against numpy, centre
 updates by hand, the W projection, Eq. 15 warm-up, MirroredStrategy equivalence and config-built trainer steps."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from tfface.training import FaceTrainer, StepContext
 from tfface.training.builder import build_trainer
 from tfface.training.config import load_config
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "trainers" / "configs"
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 4
 EMBEDDING = 3
@@ -360,24 +362,37 @@ def test_exclusive_warmup_follows_eq15(tmp_path):
         np.testing.assert_allclose(float(weight(step)), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("head, regularizers", [
-    ("softmax", [{"name": "center_invariant", "weight": 0.001}]),
-    ("sphereface", [{"name": "center_invariant", "weight": 0.001}]),
-    ("lsoftmax", [{"name": "center", "weight": 0.008, "options": {"alpha": 0.5}},
-                  {"name": "center_invariant", "weight": 0.001}]),
-    ("softmax", [{"name": "center", "weight": 0.008}, {"name": "exclusive", "weight": 1.0, "warmup_epochs": 1}]),
-], ids=["softmax+cia", "sphereface+cia", "lsoftmax+center+cia", "softmax+center+exclusive"])
-def test_config_built_trainer_takes_a_step_with_each_regularizer(tmp_path, head, regularizers):
-    trainer = build_trainer(config_with(tmp_path, head, regularizers), NUM_CLASSES, steps_per_epoch=2, input_shape=INPUT_SHAPE)
-    logs = trainer.train_on_batch(make_batch(), return_dict=True)
+REGULARIZER_CONFIGS = {
+    "softmax_cia.yaml": ("softmax", ["center_invariant"]),
+    "sphereface_cia.yaml": ("sphereface", ["center_invariant"]),
+    "softmax_center_cia.yaml": ("softmax", ["center", "center_invariant"]),
+    "lsoftmax_center_cia.yaml": ("lsoftmax", ["center", "center_invariant"]),
+    "regularface_softmax.yaml": ("softmax", ["exclusive"]),
+    "regularface_center.yaml": ("softmax", ["center", "exclusive"]),
+    "regularface_sphereface.yaml": ("sphereface", ["exclusive"]),
+}
+
+
+@pytest.mark.parametrize("file_name", sorted(REGULARIZER_CONFIGS))
+def test_shipped_config_builds_a_trainer_that_steps_with_its_regularizers(file_name):
+    """Each combination config, shrunk to the tiny backbone, builds through the builder and takes two steps."""
+    head, names = REGULARIZER_CONFIGS[file_name]
+    config = load_config(
+        str(CONFIG_DIR / file_name),
+        ["backbone.name=tiny", f"backbone.options.embedding_size={EMBEDDING}", "train.batch_size=8"],
+    )
+    assert config["head"]["name"] == head
+    trainer = build_trainer(config, NUM_CLASSES, steps_per_epoch=1, input_shape=INPUT_SHAPE)
+    assert [regularizer.name for regularizer in trainer.regularizers] == names
+    trainer.train_on_batch(make_batch())
     logs = trainer.train_on_batch(make_batch(seed=1), return_dict=True)
-    for spec in regularizers:
-        assert np.isfinite(logs[f"{spec['name']}_loss"])
+    for name in names:
+        assert np.isfinite(logs[f"{name}_loss"])
     for regularizer in trainer.regularizers:
-        if hasattr(regularizer, "centers"):
-            assert np.abs(regularizer.centers.numpy()).sum() > 0  # moved off their zero start
-        else:
+        if isinstance(regularizer, ExclusiveRegularizer):
             np.testing.assert_allclose(np.linalg.norm(trainer.head.kernel.numpy(), axis=0), 1.0, rtol=1e-6)
+        else:
+            assert np.abs(regularizer.centers.numpy()).sum() > 0  # moved off their zero start
 
 
 def test_unknown_regularizer_and_option_are_named():
