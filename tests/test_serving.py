@@ -332,7 +332,7 @@ def test_read_model_config_accepts_name_and_base_path_only(tmp_path):
         '}\n'
     )
     assert read_model_config(str(config)) == {"tiny": "/models/tiny", "big": "/models/big"}
-    assert read_model_config(str(REPO / "serving" / "models.config")) == {"tiny": "/models/tiny"}
+    assert read_model_config(str(REPO / "serving" / "models.config")) == {"arcface": "/models/arcface"}
     config.write_text('model_config_list { config { name: "tiny" base_path: "/m" '
                       'model_version_policy { all {} } } }')
     with pytest.raises(ValueError, match="model 'tiny': unsupported setting\\(s\\) model_version_policy"):
@@ -366,6 +366,8 @@ def test_server_cli_serves_on_loopback_and_stops_on_sigterm(base_path):
     assert any("--rest_api_port 8501 ignored" in line for line in lines)
 
 
-def test_server_cli_rejects_a_missing_base_path(tmp_path, capsys):
+def test_server_cli_refuses_a_missing_base_path_and_a_busy_port(server, base_path, tmp_path, capsys):
     assert server_main(["--model_name", "tiny", "--model_base_path", str(tmp_path / "none"), "--port", "0"]) == 2
     assert f"error: model 'tiny': base path not found: {tmp_path / 'none'}" in capsys.readouterr().err
+    assert server_main(["--model_name", "tiny", "--model_base_path", str(base_path), "--port", str(server.port)]) == 2
+    assert f"error: cannot listen on 127.0.0.1:{server.port}" in capsys.readouterr().err
