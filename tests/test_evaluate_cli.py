@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from serving.server import ModelServer
 from tfface import backbones
 from tfface.evaluation import evaluate_pairs
 from tfface.export import METADATA_FILE, export_backbone
@@ -434,3 +435,26 @@ def test_real_orl_faces_through_a_pixel_model(tmp_path, shared_data, capsys):
     numbers = expected_numbers(numpy_pooling, expected, size, flip="none")
     assert_entry_matches(entry, numbers, expected)
     assert entry["accuracy_mean"] > 0.8 and entry["auc"] > 0.9
+
+
+def test_serving_target_gives_the_savedmodel_numbers(tmp_path, benchmarks, tfface_model, capsys):
+    """The same export served by serving.server over gRPC: --target reports what --model reports."""
+    model_path, backbone = tfface_model
+    specs = [arg for name in ("lfw", "agedb") for arg in ("--benchmark", f"{name}={benchmarks[name][0]}")]
+    with ModelServer({"tiny": str(model_path.parent)}, port=0) as running:
+        target = f"127.0.0.1:{running.port}"
+        code, _, _ = run_main(["--target", target, "--model_name", "tiny", *specs, "--flip", "concat",
+                               "--batch-size", 7, "--out", tmp_path / "served"], capsys)
+        assert code == 0
+        code, _, err = run_main(["--target", target, "--model_name", "nosuch", *specs, "--out", tmp_path / "x"],
+                                capsys)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 1
+        assert len(errors) == 1 and errors[0].startswith(f"error: --target {target}: NOT_FOUND: "), err
+    served = json.loads((tmp_path / "served" / "report.json").read_text())
+    assert served["model"] == {"source": f"tiny at {target}", "input_size": list(TFFACE_INPUT), "embedding_size": 8,
+                               "signature": {"input": "images", "output": "embedding"}}
+    for name in ("lfw", "agedb"):
+        expected = benchmarks[name][1]
+        numbers = expected_numbers(lambda x: tfface_embed(backbone, x), expected, TFFACE_INPUT, flip="concat")
+        assert_entry_matches(served["benchmarks"][name], numbers, expected)

@@ -16,7 +16,12 @@ training folds only.
 
 REPORT_DIR gets report.json (per benchmark accuracy_mean, accuracy_std, auc, eer, best_threshold, val, far,
 tar_at_far, pairs, images, seconds; the model's metadata and the command), report.md and roc_NAME.png.
-Bad input is one line `error: ...` on stderr and exit code 2.
+Bad input is one line `error: ...` on stderr and exit code 2; a failed gRPC call with --target, exit code 1.
+
+    python -m tools.evaluate --target HOST:PORT --model_name NAME --benchmark ... --out REPORT_DIR
+
+evaluates the same way through a TF Serving target (serving.server or tensorflow_model_server), via
+`serving.client.embed_files`.
 """
 import argparse
 import hashlib
@@ -25,16 +30,21 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from serving import client  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation import (  # noqa: E402
     PairList,
@@ -210,8 +220,43 @@ def resolve_model_dir(path: Path) -> Path:
     return versions[max(versions)]
 
 
+class ServingEmbedder:
+    """`serving_default` of model `model_name` at a TF Serving gRPC `target` (host:port), through
+    `serving.client.embed_files`: uint8 images [N, H, W, 3] -> float32 embeddings [N, D].
+
+    embed_files reads image files, so each batch goes through lossless PNG files in a temporary folder, already at
+    the input size that GetModelMetadata reports (input_size, (H, W)), so the client does not resize them again.
+    """
+
+    def __init__(self, target: str, model_name: str):
+        self.target, self.model_name = target, model_name
+        with client.connect(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            spec = client.InputSpec(stub, model_name, DEFAULT_SIGNATURE, version=None, timeout=60.0)
+        self.input_size = tuple(spec.size)
+        self.description = {
+            "source": f"{model_name} at {target}",
+            "input_size": list(self.input_size),
+            "embedding_size": None,  # known after the first call
+            "signature": {"input": spec.input_key, "output": spec.output_key},
+        }
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="tfface-evaluate-") as folder:
+            paths = []
+            for index, image in enumerate(images):
+                paths.append(os.path.join(folder, f"{index:06d}.png"))
+                Image.fromarray(image).save(paths[-1])
+            embeddings, _ = client.embed_files(self.target, self.model_name, paths, batch_size=len(paths),
+                                              progress=False)
+        self.description["embedding_size"] = int(embeddings.shape[1])
+        return embeddings
+
+
 def make_embedder(args: argparse.Namespace):
-    """The embedder of --model."""
+    """The embedder of --model, or of --target and --model_name."""
+    if args.target is not None:
+        return ServingEmbedder(args.target, args.model_name)
     return SavedModelEmbedder(args.model)
 
 
@@ -268,7 +313,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--flip", choices=FLIP_CHOICES, default="sum", help="fuse with mirrored images (sum, concat)")
     parser.add_argument("--pca", type=int, default=0, help="PCA components fitted on training folds (0: none)")
     parser.add_argument("--folds", type=int, default=10, help="contiguous folds for benchmarks that define none")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=64, help="images per model call")
+    parser.add_argument(
+        "--batch-size", "--batch_size", dest="batch_size", type=int, default=64, help="images per model call"
+    )
     parser.add_argument("--out", required=True, help="report folder")
     return parser.parse_args(argv)
 
@@ -316,6 +363,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except grpc.RpcError as error:
+        print(f"error: --target {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
     report = {
         "command": shlex.join(["python", "-m", "tools.evaluate", *argv]),
         "model": embedder.description,

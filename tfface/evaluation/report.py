@@ -48,7 +48,7 @@ def verification_entry(metrics: Mapping, pairs: int, images: int, seconds: float
         "tar_at_far": {far_key(far): float(tar) for far, tar in metrics["tar_at_far"].items()},
         "pairs": int(pairs),
         "images": int(images),
-        "seconds": round(float(seconds), 3),
+        "seconds": float(seconds),
     }
 
 
