@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tfface.backbones import available, get_backbone
 from tfface.backbones.blocks import STAGE_KEYS, torch_padding
+from tfface.training.strategy import mirrored_strategy
 
 OUTPUT_KEYS = set(STAGE_KEYS) | {"embedding"}
 BN_EPSILON = 1e-5
@@ -274,7 +275,7 @@ def _per_replica_outputs(strategy, model, images):
 
 
 def test_synchronized_batch_norm_uses_the_global_batch_across_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     images = tf.random.stateless_normal((8, 16, 16, 3), seed=(1, 2))
     with strategy.scope():

@@ -18,6 +18,7 @@ from tfface.data import (
     parse_example,
     read_description,
 )
+from tfface.training.strategy import mirrored_strategy
 
 HEIGHT, WIDTH = 8, 10
 # left eye, right eye, nose, left mouth, right mouth in pixel (x, y) of an 8 x 10 image
@@ -394,7 +395,7 @@ def test_68_point_flip_permutation():
 
 
 def test_batches_split_across_mirrored_replicas(five_point_dir):
-    strategy = tf.distribute.MirroredStrategy()
+    strategy = mirrored_strategy()
     assert strategy.num_replicas_in_sync == 2
     dataset = make_dataset(five_point_dir, batch_size=4, features=("landmarks",), seed=0)
     batch = next(iter(strategy.experimental_distribute_dataset(dataset)))

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfface.heads import HEADS, MarginHead, available, get_head
 from tfface.heads.sphereface import annealed_lambda, sphereface_psi
+from tfface.training.strategy import mirrored_strategy
 
 N, D, C = 6, 4, 5
 CLIP = float(np.float32(1 - 1e-7))  # the heads clip cos to [-1 + 1e-7, 1 - 1e-7] in float32
@@ -429,7 +430,7 @@ def test_curricularface_t_is_an_ema_of_the_mean_target_cosine_updated_only_in_tr
 
 
 def test_curricularface_t_uses_the_global_batch_mean_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy()
+    strategy = mirrored_strategy()
     assert strategy.num_replicas_in_sync == 2
     embeddings, kernel, labels = make_problem()
     with strategy.scope():

@@ -140,3 +140,15 @@ def test_missing_pairs_folder_is_one_clear_error(tmp_path, tiny_data, capsys):
     overrides = ["--set", f"evaluation.pairs_dir={tmp_path / 'none'}"]
     assert main(["--config", config_file(tmp_path, tiny_data), *overrides]) == 2
     assert "evaluation.pairs_dir: no pairs.txt in" in capsys.readouterr().err
+
+
+def test_stages_run_one_after_the_other(tmp_path, tiny_data, capsys):
+    stages = "[{name: warm, epochs: 1, freeze: [backbone]}, {name: joint, epochs: 2}]"
+    assert main(["--config", config_file(tmp_path, tiny_data), "--set", f"train.stages={stages}"]) == 0
+    output = capsys.readouterr().out
+    assert "stage warm epochs 1-1" in output and "stage joint epochs 2-3" in output
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    bad = "[{epochs: 1, plugins: [nothing]}]"
+    assert main(["--config", config_file(tmp_path, tiny_data), "--set", f"train.stages={bad}"]) == 2
+    assert "unknown plug-in(s) nothing" in capsys.readouterr().err

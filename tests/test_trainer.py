@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfface import backbones, heads
 from tfface.training import Branch, FaceTrainer, Gate, Regularizer
+from tfface.training.strategy import mirrored_strategy
 
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 4
@@ -179,7 +180,7 @@ def test_mirrored_step_equals_single_device_step():
     initial = single.get_weights()
     one_step(single, batch)
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         mirrored = make_trainer(sync_batchnorm=True)
@@ -188,3 +189,25 @@ def test_mirrored_step_equals_single_device_step():
     mirrored.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)
     for mine, theirs in zip(mirrored.get_weights(), single.get_weights()):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+def test_stage_without_identity_loss_and_with_frozen_parts_changes_nothing_it_should_not():
+    regularizer = KernelNormRegularizer(weight=1.0, name="norm")
+    trainer = make_trainer(regularizers=[regularizer])
+    trainer.set_stage(frozen=("backbone",), identity_loss=False)
+    backbone_before = [v.numpy().copy() for v in trainer.backbone.weights]
+    kernel_before = trainer.head.kernel.numpy().copy()
+    bias_before = trainer.head.bias.numpy().copy()
+    one_step(trainer, make_batch())
+    for value, old in zip(trainer.backbone.weights, backbone_before):
+        np.testing.assert_array_equal(value.numpy(), old)
+    # Only the regularizer's gradient W reaches the head: one SGD step scales W by (1 - lr).
+    np.testing.assert_allclose(trainer.head.kernel.numpy(), 0.9 * kernel_before, rtol=1e-6)
+    np.testing.assert_array_equal(trainer.head.bias.numpy(), bias_before)
+
+    trainer.set_stage(plugins=[])
+    calls = regularizer.calls.numpy()
+    logs = one_step(trainer, make_batch())
+    assert regularizer.calls.numpy() == calls and logs["identity_loss"] > 0
+    with pytest.raises(ValueError, match="unknown plug-in.*ghost"):
+        trainer.set_stage(plugins=["ghost"])

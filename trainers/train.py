@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,12 +21,7 @@ import tensorflow as tf  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
-from tfface.training.builder import (  # noqa: E402
-    build_trainer,
-    input_shape_for,
-    select_strategy,
-    steps_per_epoch_for,
-)
+from tfface.training.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
 from tfface.training.callbacks import (  # noqa: E402
     AtomicBackupAndRestore,
     EpochCheckpoint,
@@ -35,6 +30,7 @@ from tfface.training.callbacks import (  # noqa: E402
     save_weights_atomically,
     write_json_atomically,
 )
+from tfface.training.strategy import select_strategy  # noqa: E402
 from tfface.training.verification_callback import VerificationCallback  # noqa: E402
 from tfface.training.config import config_hash, load_config, save_config  # noqa: E402
 
@@ -100,6 +96,9 @@ def prepare(config: Dict) -> Prepared:
         trainer = build_trainer(config, description["num_classes"], steps_per_epoch, input_shape)
         if config["train"]["init_from"]:
             _init_from(trainer, config["train"]["init_from"])
+        for stage in config["train"]["stages"]:
+            trainer.set_stage(**stage_arguments(stage))  # checks every stage's names before training starts
+        trainer.set_stage(frozen=config["train"]["freeze"])
     return Prepared(trainer, dataset, description, steps_per_epoch, strategy, callbacks_for(config))
 
 
@@ -125,6 +124,27 @@ def callbacks_for(config: Dict) -> List[keras.callbacks.Callback]:
     return callbacks
 
 
+def stage_plan(config: Dict) -> List[Tuple[int, int, Optional[Dict]]]:
+    """(first epoch, end epoch, stage) per stage of `train.stages`; one (0, epochs, None) without stages."""
+    stages = config["train"]["stages"]
+    if not stages:
+        return [(0, config["train"]["epochs"], None)]
+    plan, first = [], 0
+    for stage in stages:
+        plan.append((first, first + stage["epochs"], stage))
+        first += stage["epochs"]
+    return plan
+
+
+def stage_arguments(stage: Dict) -> Dict:
+    """FaceTrainer.set_stage arguments of one `train.stages` entry."""
+    return {
+        "frozen": stage.get("freeze", ()),
+        "identity_loss": stage.get("identity_loss", True),
+        "plugins": stage.get("plugins"),
+    }
+
+
 def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=()) -> keras.callbacks.History:
     """Runs (or resumes) the training described by a resolved config; returns the Keras history."""
     trainer, dataset, description, steps_per_epoch, strategy, callbacks = prepared or prepare(config)
@@ -147,14 +167,23 @@ def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=())
         f"batch {config['train']['batch_size']} over {strategy.num_replicas_in_sync} replica(s); work dir {work_dir}"
     )
     started = time.time()
-    history = trainer.fit(
-        dataset,
-        epochs=config["train"]["epochs"],
-        steps_per_epoch=steps_per_epoch,
-        callbacks=[*callbacks, *extra_callbacks],
-        verbose=_verbosity(config["train"]["verbose"]),
-        shuffle=False,  # the pipeline shuffles
-    )
+    history = keras.callbacks.History()
+    history.history = {}
+    for first_epoch, last_epoch, stage in stage_plan(config):
+        if stage is not None:
+            trainer.set_stage(**stage_arguments(stage))
+            print(f"stage {stage.get('name', '')} epochs {first_epoch + 1}-{last_epoch}: {stage}")
+        stage_history = trainer.fit(
+            dataset,
+            initial_epoch=first_epoch,
+            epochs=last_epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=[*callbacks, *extra_callbacks],
+            verbose=_verbosity(config["train"]["verbose"]),
+            shuffle=False,  # the pipeline shuffles
+        )
+        for key, values in stage_history.history.items():
+            history.history.setdefault(key, []).extend(values)
     save_weights_atomically(trainer.backbone, os.path.join(work_dir, "backbone.weights.h5"))
     save_layer_weights_atomically(trainer.head, os.path.join(work_dir, "head.weights.npz"))
     if history.history:

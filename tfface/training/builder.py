@@ -10,21 +10,11 @@ from tfface.errors import ConfigError
 from tfface.regularizers import REGULARIZERS
 from tfface.training.gates import GATES
 from tfface.training.schedules import WarmupSchedule
+from tfface.training.strategy import select_strategy  # noqa: F401  (re-exported for the CLIs)
 from tfface.training.trainer import FaceTrainer
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PLUGIN_KEYS = {"name", "weight", "warmup_epochs", "options", "optimizer"}
-
-
-def select_strategy(kind: str) -> tf.distribute.Strategy:
-    """'auto': MirroredStrategy when more than one GPU (or logical CPU device) is visible, else the default."""
-    if kind not in ("auto", "mirrored", "default"):
-        raise ConfigError(f"train.strategy: unknown strategy '{kind}'; available: auto, default, mirrored")
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
-    if kind == "mirrored" or (kind == "auto" and (len(gpus) > 1 or (not gpus and len(cpus) > 1))):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def build_optimizer(spec: Dict[str, Any], learning_rate, key: str = "optimizer") -> keras.optimizers.Optimizer:
@@ -68,6 +58,7 @@ def _build_plugin(registry, spec: Dict[str, Any], key: str, steps_per_epoch: int
         raise ConfigError(f"{key}: unknown key(s) {', '.join(sorted(unknown))} for '{spec['name']}'")
     return registry.build(
         spec["name"],
+        name=spec["name"],
         weight=spec.get("weight", 1.0),
         warmup_steps=int(round(spec.get("warmup_epochs", 0) * steps_per_epoch)),
         **extra,

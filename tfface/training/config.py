@@ -36,6 +36,7 @@ DEFAULTS: Dict[str, Any] = {
         "batch_size": 128,  # global batch, split across replicas
         "steps_per_epoch": None,  # default: examples // batch_size
         "freeze": [],  # parts the main optimizer leaves alone: backbone, head
+        "stages": [],  # optional schedule of stages, each {epochs, freeze, identity_loss, plugins}; see STAGE_KEYS
         "init_from": None,  # a weights file (.weights.h5) to start from, e.g. a baseline to fine-tune
         "strategy": "auto",  # auto (mirrored when more than one device is visible) | mirrored | default
         "checkpoint_every_epoch": True,
@@ -69,6 +70,11 @@ DEFAULTS: Dict[str, Any] = {
         "batch_size": 64,
     },
 }
+
+# A stage of `train.stages` (trained one after the other in one run; `train.epochs` becomes their sum):
+# epochs (required), freeze (parts left alone, default none), identity_loss (default true),
+# plugins (names of the regularizers/branches that run, default all).
+STAGE_KEYS = {"name", "epochs", "freeze", "identity_loss", "plugins"}
 
 # Keys whose values are free-form maps or lists of maps checked by the code that consumes them.
 OPEN_KEYS = {"backbone.options", "head.options", "regularizers", "branches", "gate"}
@@ -160,7 +166,25 @@ def load_config(path: Optional[str], overrides: Iterable[str] = ()) -> Dict[str,
         _set_dotted(config, parse_override(text))
     if config["work_dir"] is None:
         config["work_dir"] = os.path.join("runs", config["name"])
+    _resolve_stages(config)
     return config
+
+
+def _resolve_stages(config: Dict[str, Any]) -> None:
+    """Checks `train.stages` and sets `train.epochs` to the sum of their epochs."""
+    stages = config["train"]["stages"]
+    if not stages:
+        return
+    for index, stage in enumerate(stages):
+        key = f"train.stages[{index}]"
+        if not isinstance(stage, dict) or "epochs" not in stage:
+            raise ConfigError(f"{key}: each stage needs 'epochs', got {stage!r}")
+        unknown = set(stage) - STAGE_KEYS
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(STAGE_KEYS))}")
+        if not isinstance(stage["epochs"], int) or stage["epochs"] < 1:
+            raise ConfigError(f"{key}.epochs must be a positive integer, got {stage['epochs']!r}")
+    config["train"]["epochs"] = sum(stage["epochs"] for stage in stages)
 
 
 def config_hash(config: Dict[str, Any]) -> str:

@@ -48,11 +48,9 @@ class FaceTrainer(keras.Model):
         self.regularizers = list(regularizers)
         self.branches = list(branches)
         self.gate = gate
-        self.frozen = tuple(frozen)
-        for part in self.frozen:
-            if part not in FREEZABLE_PARTS:
-                raise ValueError(f"train.freeze: unknown part '{part}'; freezable parts: {', '.join(FREEZABLE_PARTS)}")
-            getattr(self, part).trainable = False
+        self.identity_loss_enabled = True
+        self.active_plugins = {plugin.name for plugin in self.plugins}
+        self.set_stage(frozen=frozen)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.identity_loss_tracker = keras.metrics.Mean(name="identity_loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -78,6 +76,35 @@ class FaceTrainer(keras.Model):
     def _log_sources(self) -> List[keras.layers.Layer]:
         return [*self.plugins] + ([self.gate] if self.gate is not None else [])
 
+    def _active(self) -> List[Plugin]:
+        return [plugin for plugin in self.plugins if plugin.name in self.active_plugins]
+
+    def set_stage(
+        self, frozen: Iterable[str] = (), identity_loss: bool = True, plugins: Optional[Iterable[str]] = None
+    ) -> None:
+        """Sets what the next `fit` trains (a stage of a schedule such as 3D-BERL's FR / aux / joint).
+
+        frozen: parts ("backbone", "head") the main optimizer leaves alone, batch normalization in inference mode;
+        identity_loss: whether the head's classification loss counts; plugins: names of the regularizers and
+        branches whose losses, adversary phases and hooks run (None: all). Rebuilds the step function.
+        """
+        known = {plugin.name for plugin in self.plugins}
+        for part in frozen:
+            if part not in FREEZABLE_PARTS:
+                raise ValueError(f"train.freeze: unknown part '{part}'; freezable parts: {', '.join(FREEZABLE_PARTS)}")
+        active = known if plugins is None else set(plugins)
+        unknown = active - known
+        if unknown:
+            raise ValueError(
+                f"train.stages: unknown plug-in(s) {', '.join(sorted(unknown))}; configured: {', '.join(sorted(known))}"
+            )
+        for part in FREEZABLE_PARTS:
+            getattr(self, part).trainable = part not in frozen
+        self.frozen = tuple(frozen)
+        self.identity_loss_enabled = bool(identity_loss)
+        self.active_plugins = active
+        self.train_function = None
+
     def call(self, images, training=False):
         """images: float32 [N, H, W, 3] normalised -> embeddings [N, D] (the inference path)."""
         return self.backbone(images, training=training)["embedding"]
@@ -96,11 +123,14 @@ class FaceTrainer(keras.Model):
         if self.gate is not None:
             self.gate.build_for(features_spec, self.head)
         self.built = True
+        stage = {"frozen": self.frozen, "identity_loss": self.identity_loss_enabled, "plugins": self.active_plugins}
+        self.set_stage()  # every part trainable, so the optimizers get slots for what any later stage trains
         self.optimizer.build(self._main_variables())
         for branch in self.branches:
             if branch.optimizer is not None:
                 variables = list(branch.cooperative_variables()) + list(branch.adversary_variables())
                 branch.optimizer.build(variables)
+        self.set_stage(**stage)
 
     def _main_variables(self) -> List[tf.Variable]:
         """Variables the main optimizer updates: backbone, head and cooperative branch variables of branches
@@ -140,7 +170,7 @@ class FaceTrainer(keras.Model):
         """Updates each adversary branch on stop-gradient features with its own optimizer."""
         stopped = context.with_stopped_features()
         for branch in self.branches:
-            if not branch.has_adversary:
+            if not branch.has_adversary or branch.name not in self.active_plugins:
                 continue
             variables = branch.adversary_variables()
             with tf.GradientTape() as tape:
@@ -179,8 +209,8 @@ class FaceTrainer(keras.Model):
             identity_loss = keras.losses.sparse_categorical_crossentropy(
                 targets, context.head_outputs["logits"], from_logits=True
             )
-            total = self._reduce(identity_loss, example_weights)
-            for plugin in self.plugins:
+            total = self._reduce(identity_loss, example_weights) if self.identity_loss_enabled else tf.zeros(())
+            for plugin in self._active():
                 plugin_loss = plugin.loss(context)
                 if plugin_loss is None:
                     continue
@@ -197,7 +227,7 @@ class FaceTrainer(keras.Model):
                 branch_gradients = gradients[offset : offset + len(variables)]
                 branch.optimizer.apply(rescale_gradients(branch_gradients, self.optimizer, branch.optimizer), variables)
             offset += len(variables)
-        for plugin in self.plugins:
+        for plugin in self._active():
             plugin.after_update(context)
 
         self.loss_tracker.update_state(total * self._replica_count())
