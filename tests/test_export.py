@@ -14,7 +14,7 @@ from tfface import backbones
 from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
 from tfface.errors import ConfigError
-from tfface.export import METADATA_FILE, export_run, load_exported, model_versions, read_run
+from tfface.export import METADATA_FILE, build_backbone, export_run, load_exported, model_versions, read_run
 from tfface.training.config import config_hash, load_config, save_config
 from tools.export import main as export_main
 from trainers.train import prepare, train
@@ -209,6 +209,18 @@ def test_read_run_names_what_is_missing(run_dir, tmp_path):
     (broken / "run.json").write_text(json.dumps({"backbone": "tiny", "input_shape": [20, 16, 3]}))
     with pytest.raises(ConfigError, match="missing field\\(s\\) embedding_size, config_hash"):
         read_run(broken)
+    (broken / "run.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable run.json or config.yaml"):
+        read_run(broken)
+
+
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras' note on the failing load
+def test_weights_that_do_not_fit_the_backbone_are_named(run_dir, tmp_path):
+    mismatched = write_tiny_run(tmp_path / "mismatched")
+    run = read_run(mismatched)
+    run["backbone_options"] = {**run["backbone_options"], "width": 6}
+    with pytest.raises(ConfigError, match="backbone.weights.h5: does not fit backbone 'tiny'"):
+        build_backbone(run, mismatched / "backbone.weights.h5")
 
 
 def test_cli_exports_and_reports_errors_in_one_line(run_dir, tmp_path, capsys):

@@ -54,12 +54,15 @@ def read_run(work_dir) -> Dict:
     for name in ("run.json", "config.yaml", "backbone.weights.h5"):
         if not (work_dir / name).is_file():
             raise ConfigError(f"{work_dir}: no {name} (is it the work dir of a finished training run?)")
-    run = json.loads((work_dir / "run.json").read_text())
+    try:
+        run = json.loads((work_dir / "run.json").read_text())
+        with open(work_dir / "config.yaml") as handle:
+            config = yaml.safe_load(handle) or {}
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{work_dir}: unreadable run.json or config.yaml: {error}") from None
     missing = [key for key in RUN_JSON_KEYS if key not in run]
     if missing:
         raise ConfigError(f"{work_dir / 'run.json'}: missing field(s) {', '.join(missing)}")
-    with open(work_dir / "config.yaml") as handle:
-        config = yaml.safe_load(handle) or {}
     options = config.get("backbone", {}).get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{work_dir / 'config.yaml'}: backbone.options must be a mapping, got {options!r}")
@@ -76,7 +79,10 @@ def build_backbone(run: Dict, weights_path) -> keras.Model:
     """The run's backbone with its trained weights; its embedding size must match run.json."""
     options = {**run["backbone_options"], "input_shape": tuple(run["input_shape"])}
     backbone = backbones.get_backbone(run["backbone"], **options)
-    backbone.load_weights(str(weights_path))
+    try:
+        backbone.load_weights(str(weights_path))
+    except ValueError as error:
+        raise ConfigError(f"{weights_path}: does not fit backbone '{run['backbone']}' {options}: {error}") from None
     size = int(backbone.output["embedding"].shape[-1])
     if size != run["embedding_size"]:
         raise ConfigError(f"run.json says embedding_size {run['embedding_size']} but the backbone gives {size}")

@@ -46,7 +46,8 @@ def benchmark(
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     with connect(target) as channel:
-        spec = InputSpec(prediction_service_pb2_grpc.PredictionServiceStub(channel), model, signature, None, timeout)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        spec = InputSpec(stub, model, signature, version=None, timeout=timeout)
     latencies: List[List[float]] = [[] for _ in range(clients)]
     failures: List[Counter] = [Counter() for _ in range(clients)]
     warmed_up = threading.Barrier(clients + 1)
