@@ -254,7 +254,8 @@ def read_model_config(path: str) -> Dict[str, str]:
         raise ValueError(f"{path}: not a ModelServerConfig: {error}") from None
     models = {}
     for entry in config.model_config_list.config:
-        unsupported = [field.name for field, _ in entry.ListFields() if field.name not in ("name", "base_path", "model_platform")]
+        supported = ("name", "base_path", "model_platform")
+        unsupported = [field.name for field, _ in entry.ListFields() if field.name not in supported]
         if unsupported:
             raise ValueError(f"{path}: model '{entry.name}': unsupported setting(s) {', '.join(unsupported)}")
         if entry.model_platform not in ("", "tensorflow"):

@@ -30,7 +30,8 @@ def read_signature_defs(version_dir: Path) -> Dict[str, meta_graph_pb2.Signature
     saved_model.ParseFromString((version_dir / "saved_model.pb").read_bytes())
     for meta_graph in saved_model.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
-            return {name: signature for name, signature in meta_graph.signature_def.items() if not name.startswith("__")}
+            signatures = meta_graph.signature_def.items()
+            return {name: signature for name, signature in signatures if not name.startswith("__")}
     raise ValueError(f"{version_dir}: no MetaGraph tagged 'serve'")
 
 
@@ -48,7 +49,8 @@ class LoadedVersion:
         if name not in self.signature_defs:
             raise ServingError(
                 grpc.StatusCode.NOT_FOUND,
-                f"signature '{name}' not found in version {self.version}; available: {', '.join(sorted(self.signature_defs))}",
+                f"signature '{name}' not found in version {self.version}; "
+                f"available: {', '.join(sorted(self.signature_defs))}",
             )
         return self.signature_defs[name]
 

@@ -28,7 +28,8 @@ def write_tiny_run(run_dir: Path, seed: int = 0) -> Path:
     """A run dir by hand: a `tiny` backbone with random weights and batch-norm statistics (so inference-mode BN
     matters), its config.yaml and run.json, as trainers.train writes them."""
     run_dir.mkdir(parents=True)
-    config = load_config(None, ["backbone.name=tiny", f"backbone.options={{embedding_size: {EMBEDDING_SIZE}, width: 4}}"])
+    options = f"backbone.options={{embedding_size: {EMBEDDING_SIZE}, width: 4}}"
+    config = load_config(None, ["backbone.name=tiny", options])
     backbone = backbones.get_backbone("tiny", input_shape=INPUT_SHAPE, embedding_size=EMBEDDING_SIZE, width=4)
     rng = np.random.default_rng(seed)
     for variable in backbone.variables:
@@ -63,7 +64,8 @@ def keras_embeddings(backbone, uint8_images: np.ndarray) -> np.ndarray:
 def saved_variables(version_dir: Path):
     """Every variable tensor stored in a SavedModel's checkpoint, as numpy arrays."""
     reader = tf.train.load_checkpoint(str(version_dir / "variables" / "variables"))
-    return [reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    keys = [key for key in reader.get_variable_to_shape_map() if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    return [reader.get_tensor(key) for key in keys]
 
 
 def canonical(arrays):

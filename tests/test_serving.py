@@ -204,7 +204,8 @@ def test_bad_predict_gets_its_status_and_the_next_good_one_succeeds(server, case
         prediction.Predict(make_request(), timeout=30)
     assert caught.value.code() == code
     assert message in caught.value.details()
-    assert tf.make_ndarray(prediction.Predict(predict_request(uint8_images(1)), timeout=30).outputs["embedding"]).shape == (1, 8)
+    good = prediction.Predict(predict_request(uint8_images(1)), timeout=30)
+    assert tf.make_ndarray(good.outputs["embedding"]).shape == (1, EMBEDDING_SIZE)
 
 
 def test_bad_metadata_and_status_requests_get_their_status(server):

@@ -105,7 +105,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     args = parser.parse_args(argv)
     try:
-        result = benchmark(args.target, args.model, args.clients, args.seconds, args.batch, args.signature, args.timeout)
+        result = benchmark(
+            args.target, args.model, args.clients, args.seconds, args.batch, args.signature, args.timeout
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

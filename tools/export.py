@@ -19,7 +19,9 @@ from tfface.export import export_run, load_exported  # noqa: E402
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", required=True, help="training work dir (run.json, config.yaml, backbone.weights.h5)")
+    parser.add_argument(
+        "--work_dir", required=True, help="training work dir (run.json, config.yaml, backbone.weights.h5)"
+    )
     parser.add_argument("--out", required=True, help="models/NAME/VERSION, VERSION a non-negative integer")
     return parser.parse_args(argv)
 
