@@ -25,6 +25,12 @@ setup(
             "tfface-train=trainers.train:main",
             "tfface-make-tfrecords=tools.make_tfrecords:main",
             "tfface-bench-train=tools.bench_train:main",
+            "tfface-export=tools.export:main",
+            "tfface-evaluate=tools.evaluate:main",
+            "tfface-serve=serving.server:main",
+            "tfface-embed=serving.client:main",
+            "tfface-synth=tools.synth:main",
+            "tfface-demo=tools.demo:main",
         ]
     },
 )
