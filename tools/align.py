@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tfface.data import detection
 from tfface.data.alignment import (alignment_matrix, arcface_template, centre_crop_matrix, transform_points,
                                    warp_similarity)
 from tfface.data.image_io import list_files, write_atomic, write_png_atomic
@@ -80,14 +81,15 @@ def output_name(relative: str) -> str:
 def warp_job(job: WarpJob) -> WarpResult:
     """Write the crops of one input and annotate them (runs in a worker process)."""
     try:
+        crops = {size: warp_similarity(job.image, matrix, size) for size, matrix in job.matrices.items()}
         annotations = {}
-        for size, matrix in job.matrices.items():
-            crop = warp_similarity(job.image, matrix, size)
-            write_png_atomic(Path(job.out_dir) / size_folder(size) / job.output, crop)
-            if job.landmarks is not None:
+        if job.landmarks is not None:
+            for size, matrix in job.matrices.items():
                 landmarks = transform_points(matrix, job.landmarks)
                 pose = estimate_pose(landmarks)
                 annotations[size] = Annotation(job.output, landmarks, (pose.yaw, pose.pitch, pose.roll))
+        for size, crop in crops.items():
+            write_png_atomic(Path(job.out_dir) / size_folder(size) / job.output, crop)
         return WarpResult(job.path, annotations)
     except Exception as error:  # one bad job must not end a long run: report it and go on
         return WarpResult(job.path, {}, error=f"warp failed: {type(error).__name__}: {error}")
@@ -203,9 +205,7 @@ def align(args: argparse.Namespace) -> int:
         raise ValueError(f"no files found in {root}")
     if out_dir.resolve() == root.resolve() or root.resolve() in out_dir.resolve().parents:
         raise ValueError(f"--out {out_dir} must lie outside --input {root}")
-    from tfface.data.detection import FaceDetector
-
-    detector = FaceDetector(min_face_size=args.min_face_size, max_side=args.max_side, device=args.device)
+    detector = detection.FaceDetector(min_face_size=args.min_face_size, max_side=args.max_side, device=args.device)
     run = _Run(sizes, out_dir, preview=args.preview is not None)
     detections = detect_files(root, files, detector, args.max_pixels, description=f"align {root.name}")
     # spawn: the workers must not inherit this process's TensorFlow threads

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tfface.data import detection
 from tfface.data.folder import read_annotation_csv
 from tfface.data.image_io import DEFAULT_MAX_PIXELS, UnreadableImageError, list_files, read_rgb, write_atomic
-from tfface.data.landmarks import (eye_centre_distance, five_from_68, interocular_distance, normalised_mean_error,
-                                   estimate_pose)
+from tfface.data.landmarks import (estimate_pose, eye_centre_distance, five_from_68, interocular_distance,
+                                   normalised_mean_error)
 
 EXIT_INPUT_ERROR = 2
 NME_FAILURE_THRESHOLD = 0.1
@@ -53,7 +54,7 @@ class FileDetection:
 
     path: str
     image: np.ndarray | None = None
-    face: object | None = None  # tfface.data.detection.DetectedFace, or None when no face was found
+    face: detection.DetectedFace | None = None  # None when no face was found
     faces_found: int = 0
     error: str | None = None
 
@@ -78,8 +79,6 @@ def write_annotation_csv(path, annotations: list[Annotation], num_points: int = 
 
 def detect_files(root, files: list[str], detector, max_pixels: int = DEFAULT_MAX_PIXELS, description="detect"):
     """Yield a FileDetection per file of `root` (progress bar on stderr); a bad file never stops the loop."""
-    from tfface.data.detection import central_face
-
     root = Path(root)
     for relative in tqdm(files, desc=description, unit="image", file=sys.stderr):
         try:
@@ -92,7 +91,7 @@ def detect_files(root, files: list[str], detector, max_pixels: int = DEFAULT_MAX
         except Exception as error:  # one odd image must not end a long run: report it and go on
             yield FileDetection(relative, error=f"detection failed: {type(error).__name__}: {error}")
             continue
-        yield FileDetection(relative, image=image, face=central_face(faces, *image.shape[:2]),
+        yield FileDetection(relative, image=image, face=detection.central_face(faces, *image.shape[:2]),
                             faces_found=len(faces))
 
 
@@ -130,9 +129,7 @@ def annotate(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError(f"no files found in {root}")
     reference = read_annotation_csv(args.reference)[0] if args.reference else None
-    from tfface.data.detection import FaceDetector
-
-    detector = FaceDetector(min_face_size=args.min_face_size, max_side=args.max_side, device=args.device)
+    detector = detection.FaceDetector(min_face_size=args.min_face_size, max_side=args.max_side, device=args.device)
     annotations, no_face, skipped = [], [], []
     for result in detect_files(root, files, detector, args.max_pixels, description=f"annotate {root.name}"):
         if result.error is not None:
