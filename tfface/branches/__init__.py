@@ -2,3 +2,7 @@
 from tfface.registry import Registry
 
 BRANCHES = Registry("branch")
+
+# Imported for their registration side effects.
+from tfface.branches.aprn import AdversarialPoseRegression  # noqa: E402
+from tfface.branches import bypass3d  # noqa: E402,F401

@@ -1,0 +1,90 @@
+"""APRN's pose discriminator D (paper 000, Table 1 and Table 4): a landmark regressor on a hidden feature map.
+
+D = [Conv3x3 (stride s) - BN - ReLU] x len(channels) - MaxPool 3x3 stride 2 - Flatten - FC(2M), read as M (x, y)
+landmarks [N, M, 2] in the units of its targets (tfface: (x / w, y / h) of the network input image).
+Table 1 (ResNet-101/152 on 224x224 faces) widens the blocks towards 2048 channels, more of them on shallower stages
+(STAGE_CHANNELS, stride 2); Table 4 (CASIA-Net) uses three 320-channel blocks of stride 1. Padding is "same", so
+any map of at least 1x1 works.
+"""
+from typing import Optional, Sequence
+
+import keras
+
+from tfface.backbones.blocks import BN_EPSILON, BN_MOMENTUM, STAGE_KEYS
+
+# Table 1: the conv widths of D for each input stage (ResNet-101/152).
+STAGE_CHANNELS = {
+    "stem": (256, 512, 1024, 2048),
+    "stage1": (512, 1024, 2048),
+    "stage2": (1024, 2048),
+    "stage3": (2048,),
+    "stage4": (2048,),
+}
+# Table 4: D of CASIA-Net.
+CASIA_CHANNELS = (320, 320, 320)
+
+
+def default_channels(stage: str, width_multiplier: float = 1.0) -> tuple:
+    """Table 1's widths for `stage` times `width_multiplier` (at least 1 channel each)."""
+    if stage not in STAGE_CHANNELS:
+        raise ValueError(f"stage: unknown stage '{stage}'; available: {', '.join(STAGE_KEYS)}")
+    if width_multiplier <= 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
+    return tuple(max(1, int(round(width * width_multiplier))) for width in STAGE_CHANNELS[stage])
+
+
+class PoseDiscriminator(keras.Model):
+    """Feature map [N, h, w, c] -> landmarks [N, M, 2] float32.
+
+    channels: widths of the Conv3x3-BN-ReLU blocks; strides: their stride (Table 1: 2, Table 4: 1);
+    sync_batchnorm: all-reduce the batch statistics across tf.distribute replicas.
+    """
+
+    def __init__(
+        self,
+        num_landmarks: int,
+        channels: Sequence[int],
+        strides: int = 2,
+        sync_batchnorm: bool = False,
+        name: Optional[str] = None,
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if int(num_landmarks) < 1:
+            raise ValueError(f"num_landmarks must be a positive integer, got {num_landmarks}")
+        channels = tuple(channels)
+        if not channels or any(int(width) < 1 for width in channels):
+            raise ValueError(f"channels must be a non-empty list of positive integers, got {list(channels)}")
+        if int(strides) not in (1, 2):
+            raise ValueError(f"strides must be 1 or 2, got {strides}")
+        self.num_landmarks = int(num_landmarks)
+        self.blocks = []
+        for index, width in enumerate(channels):
+            self.blocks += [
+                keras.layers.Conv2D(
+                    int(width), 3, strides=int(strides), padding="same", use_bias=False, name=f"block{index}_conv"
+                ),
+                keras.layers.BatchNormalization(
+                    momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync_batchnorm, name=f"block{index}_bn"
+                ),
+                keras.layers.ReLU(name=f"block{index}_relu"),
+            ]
+        self.pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool")
+        self.flatten = keras.layers.Flatten(name="flatten")
+        self.fc = keras.layers.Dense(2 * self.num_landmarks, name="fc")
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.blocks:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        shape = self.pool.compute_output_shape(shape)
+        self.fc.build((shape[0], shape[1] * shape[2] * shape[3]))
+        self.built = True
+
+    def call(self, features, training=False):
+        x = features
+        for layer in self.blocks:
+            x = layer(x, training=training) if isinstance(layer, keras.layers.BatchNormalization) else layer(x)
+        x = self.fc(self.flatten(self.pool(x)))
+        return keras.ops.reshape(keras.ops.cast(x, "float32"), (-1, self.num_landmarks, 2))
