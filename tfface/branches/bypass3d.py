@@ -1,0 +1,183 @@
+"""3D-BERL's self-supervised 3D reconstruction bypass (paper 002, Sec. 3), registered as branch "bypass3d".
+
+From one batch it reconstructs every input face through the image formation model and returns the per-example L1
+error (Eq. 6), which the trainer weighs by the entry's `weight` (gamma_2 of Eq. 7; the identity loss keeps weight 1):
+
+    IIA (image, no backbone):  Phi_w(I) -> view (3 rotations, 3 translations); Phi_l(I) -> light (k_a, k_d, l_dx, l_dy)
+    IRA (backbone stage 3):    Phi_d(f_s3) -> canonical depth d; Phi_a(f_s3) -> canonical albedo a
+    render (tfface.rendering): n = normals(d); I_c = a (k_a + k_d max(0, <l_d, n>))        (Eq. 1)
+                               I_hat = warp of I_c to the view, p' ~ K (d R K^-1 p + t)    (Eq. 2-4)
+    loss:                      L_recon = mean |I_hat - I| over the 64x64 resized input     (Eq. 6)
+
+Gradient routing: IRA reads the stage-3 features, so L_recon reaches the aux nets and the backbone up to stage 3 only
+(never stage 4 or the embedding layer); IIA reads the image. The four nets are the branch's cooperative variables,
+trained by its own optimizer (Adam in the paper) when the config gives one. They are not part of the backbone, so an
+export of the backbone carries none of them.
+
+Units and ranges (Unsup3D's): pixels in [0, 1]; depth in metres within [min_depth, max_depth] about 1 m (per-image
+mean removed before the tanh, so the nets set relief, not distance); camera with a `fov_degrees` field of view;
+rotations about (0, 0, 1 m) up to `max_rotation_degrees`; translations up to `max_translation` metres; k_a, k_d in
+[0, 1]; l_dx, l_dy in [-1, 1] (light (l_dx, l_dy, 1) normalised; see tfface.rendering.shading for its sign).
+"""
+import math
+from typing import Dict, Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfface import rendering
+from tfface.branches import BRANCHES
+from tfface.branches.image_nets import parameter_encoder
+from tfface.branches.reconstruction_nets import canonical_map_net
+from tfface.training.plugins import Branch, StepContext
+
+ROTATION_CENTER_DEPTH = 1.0  # the canonical face sits 1 m in front of the camera and turns about that point
+VIEW_OUTPUTS = 6  # pitch, yaw, roll, t_x, t_y, t_z
+LIGHT_OUTPUTS = 4  # k_a, k_d, l_dx, l_dy
+
+
+def to_unit_pixels(images):
+    """Normalised images (pixel - 127.5) / 128 -> pixel / 255 in [0, 1] (same shape)."""
+    return (ops.cast(images, "float32") * 128.0 + 127.5) / 255.0
+
+
+def decode_view(raw, max_rotation_degrees: float, max_translation: Sequence[float]):
+    """raw [N, 6] in (-1, 1) -> (angles [N, 3] radians (pitch, yaw, roll), translation [N, 3] metres)."""
+    raw = ops.cast(raw, "float32")
+    angles = raw[:, :3] * (max_rotation_degrees * math.pi / 180.0)
+    translation = raw[:, 3:] * ops.convert_to_tensor(list(max_translation), "float32")
+    return angles, translation
+
+
+def decode_light(raw) -> Dict[str, tf.Tensor]:
+    """raw [N, 4] in (-1, 1) -> {"ambient" k_a, "diffuse" k_d in (0, 1), "l_dx", "l_dy" in (-1, 1)}, each [N]."""
+    raw = ops.cast(raw, "float32")
+    return {"ambient": (raw[:, 0] + 1.0) / 2.0, "diffuse": (raw[:, 1] + 1.0) / 2.0, "l_dx": raw[:, 2], "l_dy": raw[:, 3]}
+
+
+def decode_depth(raw, min_depth: float, max_depth: float):
+    """raw [N, H, W] -> depth [N, H, W] metres: tanh of raw minus its per-image mean, scaled to (min, max)."""
+    raw = ops.cast(raw, "float32")
+    centred = ops.tanh(raw - ops.mean(raw, axis=(1, 2), keepdims=True))
+    return (max_depth + min_depth) / 2.0 + centred * (max_depth - min_depth) / 2.0
+
+
+def decode_albedo(raw):
+    """raw [N, H, W, 3] in (-1, 1) (tanh) -> albedo in (0, 1)."""
+    return (ops.cast(raw, "float32") + 1.0) / 2.0
+
+
+def render(depth, albedo, light: Dict[str, tf.Tensor], angles, translation, K, march_steps: int = 16):
+    """The image formation of Eq. 1-4 -> {"normals" [N, H, W, 3], "canonical" I_c [N, H, W, 3], "image" I_hat
+    [N, H, W, 3], "valid" [N, H, W] 0/1}.
+
+    depth [N, H, W] metres; albedo [N, H, W, 3]; light as `decode_light`; angles [N, 3] rad; translation [N, 3] m.
+    """
+    normals = rendering.normals_from_depth(depth, K)
+    direction = rendering.light_direction(light["l_dx"], light["l_dy"])
+    canonical = rendering.lambertian(albedo, normals, light["ambient"], light["diffuse"], direction)
+    image, valid = rendering.warp_to_view(canonical, depth, angles, translation, K, ROTATION_CENTER_DEPTH,
+                                          march_steps=march_steps)
+    return {"normals": normals, "canonical": canonical, "image": image, "valid": valid}
+
+
+def masked_l1(image, target, valid):
+    """Per-example mean |image - target| over the valid pixels: image, target [N, H, W, C], valid [N, H, W] -> [N].
+
+    Pixels where the warp found no surface (`valid` 0) do not count (as in Unsup3D); an image with none scores 0.
+    """
+    error = ops.sum(ops.abs(image - target) * valid[..., None], axis=(1, 2, 3))
+    counted = ops.sum(valid, axis=(1, 2)) * image.shape[-1]
+    return error / ops.maximum(counted, 1.0)
+
+
+@BRANCHES.register("bypass3d")
+class Bypass3D(Branch):
+    """The 3D reconstruction bypass. Options (config `branches: [{name: bypass3d, options: {...}}]`):
+
+    feature: backbone output the IRA reads (the paper: "stage3"); map_size: side of the canonical maps and of the
+    reconstruction (64); fov_degrees: camera field of view (10); min_depth, max_depth: depth range in metres
+    (0.9, 1.1); max_rotation_degrees (60) and max_translation (x, y, z metres; 0.1 each): ranges of Phi_w;
+    ira_width, code_size: Unsup3D's nf (64) and code size (256) of Phi_d, Phi_a; iia_width: nf of Phi_w, Phi_l (32);
+    march_steps: ray-marching steps of the warp (16).
+    """
+
+    def __init__(
+        self,
+        feature: str = "stage3",
+        map_size: int = 64,
+        fov_degrees: float = 10.0,
+        min_depth: float = 0.9,
+        max_depth: float = 1.1,
+        max_rotation_degrees: float = 60.0,
+        max_translation: Sequence[float] = (0.1, 0.1, 0.1),
+        ira_width: int = 64,
+        code_size: int = 256,
+        iia_width: int = 32,
+        march_steps: int = 16,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not 0.0 < min_depth < max_depth:
+            raise ValueError(f"bypass3d: need 0 < min_depth < max_depth, got {min_depth} and {max_depth}")
+        if len(max_translation) != 3:
+            raise ValueError(f"bypass3d: max_translation must be 3 numbers (x, y, z metres), got {max_translation}")
+        if max_rotation_degrees < 0 or min(max_translation) < 0:
+            raise ValueError("bypass3d: max_rotation_degrees and max_translation must be >= 0")
+        self.feature = feature
+        self.map_size = int(map_size)
+        self.fov_degrees = float(fov_degrees)
+        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.max_rotation_degrees = float(max_rotation_degrees)
+        self.max_translation = tuple(float(value) for value in max_translation)
+        self.ira_width, self.code_size, self.iia_width = int(ira_width), int(code_size), int(iia_width)
+        self.march_steps = int(march_steps)
+        self.intrinsics = rendering.intrinsics_from_fov(self.fov_degrees, self.map_size, self.map_size)
+
+    def build_for(self, features_spec: Dict[str, tuple], head) -> None:
+        if self.feature not in features_spec:
+            raise ValueError(f"bypass3d: feature '{self.feature}' is not a backbone output; "
+                             f"outputs: {', '.join(sorted(features_spec))}")
+        feature_shape = features_spec[self.feature]
+        if len(feature_shape) != 3:
+            raise ValueError(f"bypass3d: feature '{self.feature}' must be a feature map [h, w, c], got {feature_shape}")
+        size, width = self.map_size, self.iia_width
+        self.view_net = parameter_encoder(VIEW_OUTPUTS, size, width, name=f"{self.name}_phi_w")
+        self.light_net = parameter_encoder(LIGHT_OUTPUTS, size, width, name=f"{self.name}_phi_l")
+        map_options = {"map_size": size, "width": self.ira_width, "code_size": self.code_size}
+        self.depth_net = canonical_map_net(feature_shape, 1, name=f"{self.name}_phi_d", **map_options)
+        self.albedo_net = canonical_map_net(feature_shape, 3, output_activation="tanh", name=f"{self.name}_phi_a",
+                                            **map_options)
+        self.built = True
+
+    def cooperative_variables(self):
+        return [variable for net in self._nets() for variable in net.trainable_variables]
+
+    def _nets(self):
+        return [self.view_net, self.light_net, self.depth_net, self.albedo_net]
+
+    def reconstruct(self, images, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """images [N, H, W, 3] normalised, features the backbone's outputs -> every factor and the reconstruction:
+
+        "target" [N, m, m, 3] (the input resized to m = map_size, in [0, 1]); "depth" [N, m, m] metres; "albedo"
+        [N, m, m, 3]; "angles", "translation" [N, 3]; "ambient", "diffuse", "l_dx", "l_dy" [N]; "normals",
+        "canonical" (I_c), "image" (I_hat) and "valid" as `render`; "l1" [N] (Eq. 6 per example).
+        """
+        size = (self.map_size, self.map_size)
+        resized = tf.image.resize(ops.cast(images, "float32"), size, antialias=True)
+        angles, translation = decode_view(self.view_net(resized), self.max_rotation_degrees, self.max_translation)
+        light = decode_light(self.light_net(resized))
+        feature_map = features[self.feature]
+        depth = decode_depth(self.depth_net(feature_map)[..., 0], self.min_depth, self.max_depth)
+        albedo = decode_albedo(self.albedo_net(feature_map))
+        rendered = render(depth, albedo, light, angles, translation, self.intrinsics, self.march_steps)
+        target = to_unit_pixels(resized)
+        return {
+            "target": target, "depth": depth, "albedo": albedo, "angles": angles, "translation": translation,
+            **light, **rendered, "l1": masked_l1(rendered["image"], target, rendered["valid"]),
+        }
+
+    def loss(self, context: StepContext):
+        """L_recon per example [N] (Eq. 6)."""
+        return self.reconstruct(context.batch["image"], context.features)["l1"]
