@@ -9,7 +9,7 @@ One step (DESIGN.md, "The one idea"):
 4. post-update hooks (centre updates, W projection, mean-image banks).
 Only the backbone's embedding path is kept at export (`call` returns the embedding).
 """
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -132,6 +132,13 @@ class FaceTrainer(keras.Model):
                 branch.optimizer.build(variables)
         self.set_stage(**stage)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' symbolic build before fit/evaluate, skipped once `build_all` ran: it reduces one distributed batch
+        with `strategy.reduce`, which MultiWorkerMirroredStrategy cannot do for dict batches (keras-team/keras#20329).
+        """
+        if not (self.built and self.optimizer is not None and self.optimizer.built):
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _main_variables(self) -> List[tf.Variable]:
         """Variables the main optimizer updates: backbone, head and cooperative branch variables of branches
         that have no optimizer of their own."""
@@ -234,7 +241,16 @@ class FaceTrainer(keras.Model):
         self._track(self.identity_loss_tracker, identity_loss)
         self.accuracy_tracker.update_state(targets, context.head_outputs["plain_logits"])
         self._track_plugin_logs(context)
-        return {metric.name: metric.result() for metric in self.metrics}
+        return self._logs(self.metrics)
+
+    @staticmethod
+    def _logs(metrics) -> Dict[str, tf.Tensor]:
+        """The metrics' results; shape [1] under MultiWorkerMirroredStrategy, where Keras averages a step's logs
+        over the replicas with reduce(MEAN, axis=0), which fails on scalars (tensorflow/tensorflow#72388)."""
+        logs = {metric.name: metric.result() for metric in metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def _track_plugin_logs(self, context: StepContext) -> None:
         for source in self._log_sources():
@@ -250,7 +266,4 @@ class FaceTrainer(keras.Model):
         self._track(self.identity_loss_tracker, identity_loss)
         self.loss_tracker.update_state(tf.reduce_mean(identity_loss))
         self.accuracy_tracker.update_state(targets, head_outputs["plain_logits"])
-        return {
-            metric.name: metric.result()
-            for metric in (self.loss_tracker, self.identity_loss_tracker, self.accuracy_tracker)
-        }
+        return self._logs((self.loss_tracker, self.identity_loss_tracker, self.accuracy_tracker))
