@@ -38,7 +38,9 @@ DEFAULTS: Dict[str, Any] = {
         "freeze": [],  # parts the main optimizer leaves alone: backbone, head
         "stages": [],  # optional schedule of stages, each {epochs, freeze, identity_loss, plugins}; see STAGE_KEYS
         "init_from": None,  # a weights file (.weights.h5) to start from, e.g. a baseline to fine-tune
-        "strategy": "auto",  # auto (mirrored when more than one device is visible) | mirrored | default
+        "strategy": "auto",  # auto (multi_worker under a TF_CONFIG cluster, else mirrored when more than one
+        # device is visible) | mirrored | multi_worker | default
+        "precision": "float32",  # float32 | mixed_float16 (with loss scaling) | mixed_bfloat16; heads stay float32
         "checkpoint_every_epoch": True,
         "verbose": "auto",  # auto: progress bar on a terminal, one line per epoch otherwise
     },
