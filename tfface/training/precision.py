@@ -14,13 +14,15 @@ from typing import Iterator, List, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from tfface.errors import ConfigError
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def check_precision(precision: str) -> str:
-    """`precision` if it is one of PRECISIONS, else a ValueError naming `train.precision`."""
+    """`precision` if it is one of PRECISIONS, else a ConfigError (a ValueError) naming `train.precision`."""
     if precision not in PRECISIONS:
-        raise ValueError(f"train.precision: unknown precision '{precision}'; available: {', '.join(PRECISIONS)}")
+        raise ConfigError(f"train.precision: unknown precision '{precision}'; available: {', '.join(PRECISIONS)}")
     return precision
 
 
