@@ -9,6 +9,7 @@ from tfface.branches import BRANCHES
 from tfface.errors import ConfigError
 from tfface.regularizers import REGULARIZERS
 from tfface.training.gates import GATES
+from tfface.training.precision import precision_scope, wrap_optimizer
 from tfface.training.schedules import WarmupSchedule
 from tfface.training.strategy import select_strategy  # noqa: F401  (re-exported for the CLIs)
 from tfface.training.trainer import FaceTrainer
@@ -76,7 +77,19 @@ def input_shape_for(config: Dict[str, Any], description: Dict[str, Any]) -> Sequ
 def build_trainer(
     config: Dict[str, Any], num_classes: int, steps_per_epoch: int, input_shape: Sequence[int]
 ) -> FaceTrainer:
-    """Builds and compiles the trainer; call inside the strategy scope. Every part is built before it returns."""
+    """Builds and compiles the trainer; call inside the strategy scope. Every part is built before it returns.
+
+    Every layer is constructed under `train.precision`'s dtype policy (margin heads stay float32); under
+    mixed_float16 the optimizers scale the loss (tfface.training.precision).
+    """
+    with precision_scope(config["train"]["precision"]):
+        return _build_trainer(config, num_classes, steps_per_epoch, input_shape)
+
+
+def _build_trainer(
+    config: Dict[str, Any], num_classes: int, steps_per_epoch: int, input_shape: Sequence[int]
+) -> FaceTrainer:
+    precision = config["train"]["precision"]
     backbone_options = {"input_shape": tuple(input_shape), **config["backbone"]["options"]}
     backbone = backbones.get_backbone(config["backbone"]["name"], **backbone_options)
     head = heads.get_head(config["head"]["name"], num_classes, **config["head"]["options"])
@@ -87,7 +100,7 @@ def build_trainer(
     ]
     branches = []
     for index, spec in enumerate(config["branches"]):
-        optimizer = _branch_optimizer(spec, f"branches[{index}]")
+        optimizer = _branch_optimizer(spec, f"branches[{index}]", precision)
         branches.append(_build_plugin(BRANCHES, spec, f"branches[{index}]", steps_per_epoch, optimizer=optimizer))
     gate = None
     if config["gate"]:
@@ -99,12 +112,12 @@ def build_trainer(
         backbone, head, regularizers=regularizers, branches=branches, gate=gate, frozen=config["train"]["freeze"]
     )
     schedule = build_schedule(config["schedule"], steps_per_epoch, epochs)
-    trainer.compile(optimizer=build_optimizer(config["optimizer"], schedule))
+    trainer.compile(optimizer=wrap_optimizer(build_optimizer(config["optimizer"], schedule), precision))
     trainer.build_all(input_shape)
     return trainer
 
 
-def _branch_optimizer(spec, key: str) -> Optional[keras.optimizers.Optimizer]:
+def _branch_optimizer(spec, key: str, precision: str) -> Optional[keras.optimizers.Optimizer]:
     """A branch's own optimizer from its `optimizer` map ({name, learning_rate, momentum, ...}, constant rate);
     None when the map is absent: the main optimizer then trains the branch's cooperative variables."""
     optimizer_spec = spec.get("optimizer") if isinstance(spec, dict) else None
@@ -112,7 +125,7 @@ def _branch_optimizer(spec, key: str) -> Optional[keras.optimizers.Optimizer]:
         return None
     options = {"weight_decay": 0.0, **optimizer_spec}
     learning_rate = options.pop("learning_rate", 1e-3)
-    return build_optimizer(options, learning_rate, key=f"{key}.optimizer")
+    return wrap_optimizer(build_optimizer(options, learning_rate, key=f"{key}.optimizer"), precision)
 
 
 def steps_per_epoch_for(config: Dict[str, Any], num_examples: int) -> int:
