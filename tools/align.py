@@ -95,8 +95,9 @@ def warp_job(job: WarpJob) -> WarpResult:
         return WarpResult(job.path, {}, error=f"warp failed: {type(error).__name__}: {error}")
 
 
-def preview_row(image: np.ndarray, landmarks, crops: list[np.ndarray]) -> Image.Image:
-    """One preview strip: the input scaled to PREVIEW_SOURCE_HEIGHT with its points drawn, then the crops."""
+def preview_row(image: np.ndarray, landmarks, crops: list[np.ndarray], caption: str) -> Image.Image:
+    """One preview strip: the input scaled to PREVIEW_SOURCE_HEIGHT with its points drawn (eyes red, nose green,
+    mouth corners cyan), then the crops with `caption` under them."""
     scale = PREVIEW_SOURCE_HEIGHT / image.shape[0]
     source = Image.fromarray(image).resize((max(1, round(image.shape[1] * scale)), PREVIEW_SOURCE_HEIGHT),
                                            Image.Resampling.BOX)
@@ -104,15 +105,24 @@ def preview_row(image: np.ndarray, landmarks, crops: list[np.ndarray]) -> Image.
     if landmarks is not None:
         for (x, y), colour in zip(np.asarray(landmarks) * scale, ("red", "red", "lime", "cyan", "cyan")):
             draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], outline=colour, width=1)
-    else:
-        draw.text((4, 4), "no face: centre crop", fill="yellow")
     tiles = [source] + [Image.fromarray(crop) for crop in crops]
     strip = Image.new("RGB", (sum(tile.width for tile in tiles) + 4 * len(tiles), PREVIEW_SOURCE_HEIGHT), "white")
     left = 0
     for tile in tiles:
         strip.paste(tile.convert("RGB"), (left, 0))
         left += tile.width + 4
+    crops_top = max(crop.shape[0] for crop in crops) + 4
+    ImageDraw.Draw(strip).multiline_text((source.width + 4, crops_top), caption, fill="black", spacing=2)
     return strip
+
+
+def preview_caption(result, landmarks) -> str:
+    """The file name, then the pose (degrees) of an aligned face or the centre-crop note."""
+    if landmarks is None:
+        return f"{result.path}\nno face: centre crop"
+    pose = estimate_pose(landmarks)
+    return (f"{result.path}\nconfidence {result.face.confidence:.3f}\n"
+            f"yaw {round(pose.yaw)} pitch {round(pose.pitch)} roll {round(pose.roll)}")
 
 
 def write_preview(path, strips: list[Image.Image]) -> None:
@@ -181,7 +191,7 @@ class _Run:
         self.outputs[output] = result.path
         if self.preview and len(self.strips) < PREVIEW_ROWS:
             crops = [warp_similarity(result.image, matrix, size) for size, matrix in matrices.items()]
-            self.strips.append(preview_row(result.image, landmarks, crops))
+            self.strips.append(preview_row(result.image, landmarks, crops, preview_caption(result, landmarks)))
         return WarpJob(result.path, output, result.image, matrices, landmarks, str(self.out_dir))
 
     def collect(self, results: list[WarpResult]) -> None:

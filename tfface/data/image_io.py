@@ -6,7 +6,7 @@ place, so an interrupted run never leaves a half-written output.
 """
 import io
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +64,15 @@ def write_atomic(path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename (parents are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial"
+    # mode 0o666 less the umask, as for an ordinary file (tempfile.mkstemp would make it private)
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
