@@ -24,16 +24,9 @@ def available() -> List[str]:
 def get_backbone(name: str, /, **options) -> keras.Model:
     """Builds backbone `name` with `options`; `name=` among the options is the model's name.
 
-    Unknown names and unknown options raise ValueError naming them. (`Registry.build(name, **options)` cannot take a
-    `name` option, so the builder is looked up and called here.)
+    Unknown names and unknown options raise ValueError (tfface.errors.ConfigError) naming them.
     """
-    builder = BACKBONES.get(name)
-    try:
-        return builder(**options)
-    except TypeError as error:
-        if "unexpected keyword argument" in str(error):
-            raise ValueError(f"backbone '{name}': {error}") from None
-        raise
+    return BACKBONES.build(name, **options)
 
 
 # Imported for their registration side effects.
