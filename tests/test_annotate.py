@@ -130,6 +130,21 @@ def test_aligned_folder_converts_to_records_with_landmarks_and_pose(stand_in_det
     assert batch["pose"].shape == (2, 3) and np.abs(batch["pose"].numpy()).max() < 1.0
 
 
+def test_a_detector_crash_on_one_image_skips_only_that_image(photo_tree, capsys):
+    class CrashesOnDarkImages(StandInDetector):
+        def detect(self, image):
+            if image.mean() < NO_FACE_BELOW:
+                raise RuntimeError("odd pixels")
+            return super().detect(image)
+
+    files = ["alice/1.png", "bob/dark.png", "alice/2.jpg"]
+    results = list(annotate.detect_files(photo_tree, files, CrashesOnDarkImages()))
+    assert [result.path for result in results] == files
+    assert results[1].error == "detection failed: RuntimeError: odd pixels" and results[1].image is None
+    assert results[0].face is not None and results[2].face is not None
+    assert f"skipped {photo_tree / 'bob' / 'dark.png'}: detection failed" in capsys.readouterr().err
+
+
 def test_a_failing_warp_is_reported_not_raised(tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the output folder should be")

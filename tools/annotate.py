@@ -78,18 +78,22 @@ def write_annotation_csv(path, annotations: list[Annotation], num_points: int = 
 
 
 def detect_files(root, files: list[str], detector, max_pixels: int = DEFAULT_MAX_PIXELS, description="detect"):
-    """Yield a FileDetection per file of `root` (progress bar on stderr); a bad file never stops the loop."""
+    """Yield a FileDetection per file of `root`, with a progress bar and a line per skipped file on stderr; a bad
+    file never stops the loop."""
     root = Path(root)
     for relative in tqdm(files, desc=description, unit="image", file=sys.stderr):
         try:
             image = read_rgb(root / relative, max_pixels=max_pixels)
         except UnreadableImageError as error:
+            tqdm.write(f"skipped {error}", file=sys.stderr)
             yield FileDetection(relative, error=error.reason)
             continue
         try:
             faces = detector.detect(image)
         except Exception as error:  # one odd image must not end a long run: report it and go on
-            yield FileDetection(relative, error=f"detection failed: {type(error).__name__}: {error}")
+            reason = f"detection failed: {type(error).__name__}: {error}"
+            tqdm.write(f"skipped {root / relative}: {reason}", file=sys.stderr)
+            yield FileDetection(relative, error=reason)
             continue
         yield FileDetection(relative, image=image, face=detection.central_face(faces, *image.shape[:2]),
                             faces_found=len(faces))
@@ -134,7 +138,6 @@ def annotate(args: argparse.Namespace) -> int:
     for result in detect_files(root, files, detector, args.max_pixels, description=f"annotate {root.name}"):
         if result.error is not None:
             skipped.append((result.path, result.error))
-            tqdm.write(f"skipped {root / result.path}: {result.error}", file=sys.stderr)
         elif result.face is None:
             no_face.append(result.path)
         else:
