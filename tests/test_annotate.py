@@ -82,6 +82,34 @@ def test_central_face_is_the_one_nearest_the_image_centre():
     assert central_face([], 80, 100) is None
 
 
+def test_detector_gives_continuous_pixels_of_the_original_image(monkeypatch):
+    import mtcnn
+
+    class RecordingMTCNN:
+        """One face, in pixel indices of the image it is given: box (10, 20)-(49, 69), points x 1..5, y 11..15."""
+
+        def __init__(self, device):
+            self.shapes = []
+
+        def detect_faces(self, image, **options):
+            self.shapes.append(image.shape)
+            return np.array([[0, 10, 20, 49, 69, 0.9, 1, 2, 3, 4, 5, 11, 12, 13, 14, 15]], float)
+
+    monkeypatch.setattr(mtcnn, "MTCNN", RecordingMTCNN)
+    detector = detection.FaceDetector(max_side=100)
+    small = detector.detect(np.zeros((80, 60), np.uint8))[0]  # grey, under max_side: detected as it is
+    np.testing.assert_allclose(small.landmarks, np.stack([np.arange(1, 6), np.arange(11, 16)], axis=1) + 0.5)
+    np.testing.assert_allclose(small.box, [10, 20, 50, 70])
+
+    big = detector.detect(np.zeros((300, 200, 3), np.uint8))[0]  # detected on a 100 x 67 (h x w) copy
+    assert detector._mtcnn.shapes == [(80, 60, 3), (100, 67, 3)]
+    scale = np.array([67 / 200, 100 / 300])
+    np.testing.assert_allclose(big.landmarks, small.landmarks / scale)
+    np.testing.assert_allclose(big.box, [10 / scale[0], 20 / scale[1], 50 / scale[0], 70 / scale[1]])
+    with pytest.raises(ValueError, match="min_face_size must be >= 12"):
+        detection.FaceDetector(min_face_size=8)
+
+
 def test_align_reports_bad_files_centre_crops_faceless_ones_and_annotates_crops(
         stand_in_detector, photo_tree, tmp_path, capsys):
     out = tmp_path / "aligned"
