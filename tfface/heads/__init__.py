@@ -7,6 +7,7 @@ from tfface.heads.curricularface import CurricularFaceHead
 from tfface.heads.linearface import LinearFaceHead
 from tfface.heads.lsoftmax import LSoftmaxHead
 from tfface.heads.normface import NormFaceHead
+from tfface.heads.partial_fc import PartialFCHead
 from tfface.heads.softmax import SoftmaxHead
 from tfface.heads.sphereface import SphereFaceHead
 from tfface.registry import Registry
@@ -21,6 +22,7 @@ HEADS.register("arcface")(ArcFaceHead)
 HEADS.register("combined")(CombinedMarginHead)
 HEADS.register("curricularface")(CurricularFaceHead)
 HEADS.register("linearface")(LinearFaceHead)
+HEADS.register("partial_fc")(PartialFCHead)
 
 
 def available():
@@ -43,6 +45,7 @@ __all__ = [
     "LinearFaceHead",
     "LSoftmaxHead",
     "NormFaceHead",
+    "PartialFCHead",
     "SoftmaxHead",
     "SphereFaceHead",
     "available",
