@@ -1,7 +1,7 @@
 """tools.align and tools.annotate: bad files, atomic outputs, CSVs make_tfrecords reads, real MTCNN on real faces.
 
-Most tests swap MTCNN for a stand-in that "detects" the points the fixture drew, so they check the tools' own
-logic in a second; the tests marked by `shared_data` run the real detector on ../shared/data.
+Most tests swap MTCNN for a stand-in that reports fixed points in bright images and no face in dark ones, so they
+check the tools' own logic in a second; the tests that take `shared_data` run the real detector on ../shared/data.
 """
 import csv
 import shutil
