@@ -201,7 +201,9 @@ class FaceTrainer(keras.Model):
         data, images, labels = self._unpack(data)
         step = self.optimizer.iterations
         main_variables = self._main_variables()
-        own_optimizer_branches = [b for b in self.branches if b.optimizer is not None]
+        own_optimizer_branches = [  # an inactive branch (a stage without it) gets no gradient: its optimizer rests
+            b for b in self.branches if b.optimizer is not None and b.name in self.active_plugins
+        ]
         branch_variables = [list(b.cooperative_variables()) for b in own_optimizer_branches]
         sharded_variables = list(getattr(self.head, "sharded_variables", ()))
         with tf.GradientTape() as tape:
