@@ -229,11 +229,11 @@ def project(yaw, roll=0.0, pitch=0.0, scale=0.01, offset=(0.5, 0.45)):
 
 
 def test_symmetry_yaw_by_hand_and_on_turned_generic_faces():
-    # eyes (0, 0) and (2, 0), nose 0.5 right of their mid-point: |yaw| = atan(31.5 * 0.5 / (35 * 1)).
+    # eyes (0, 0) and (2, 0), nose 0.5 right of their mid-point: yaw = atan(31.5 * 0.5 / (35 * 1)).
     hand = np.array([[0.0, 0.0], [2.0, 0.0], [1.5, 1.0], [0.2, 2.0], [1.8, 2.0]])
     assert symmetry_yaw(hand) == pytest.approx(np.degrees(np.arctan(31.5 * 0.5 / 35.0)))
     for yaw in (0.0, 10.0, -25.0, 60.0):
-        assert symmetry_yaw(project(yaw, roll=20.0)) == pytest.approx(abs(yaw), abs=1e-6)
+        assert symmetry_yaw(project(yaw, roll=20.0)) == pytest.approx(yaw, abs=1e-6)
     # non-square images: x / w stretched back by the aspect ratio
     stretched = project(30.0) * np.array([0.5, 1.0])
     assert symmetry_yaw(stretched, aspect=2.0) == pytest.approx(30.0, abs=1e-6)

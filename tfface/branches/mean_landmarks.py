@@ -25,12 +25,13 @@ def _five_points(landmarks) -> np.ndarray:
 
 
 def symmetry_yaw(landmarks, aspect: float = 1.0) -> np.ndarray:
-    """|yaw| in degrees from how far the nose tip sits off the eyes' mid-point: [..., M, 2] -> [...].
+    """Yaw in degrees from how far the nose tip sits off the eyes' mid-point: [..., M, 2] -> [...].
 
     A frontal face has its nose tip on the symmetry axis, half-way between the eye centres. Turning the generic
     face of tfface.data.landmarks by yaw (weak perspective) moves the eyes to +-e cos(yaw) and the nose tip, d in
-    front of them, to d sin(yaw) along the eye axis, so |yaw| = atan(e |offset| / (d * half eye distance)), with
-    `offset` the nose tip's shift from the eyes' mid-point measured along the eye axis (which removes roll).
+    front of them, to d sin(yaw) along the eye axis, so yaw = atan(e offset / (d * half eye distance)), with
+    `offset` the nose tip's shift from the eyes' mid-point measured along the eye axis (which removes roll);
+    yaw > 0 when the nose tip is on the right eye's side (tfface.data.landmarks' sign).
     aspect: image width / height when the landmarks are normalised coordinates (x / w, y / h), else 1.
     """
     points = _five_points(landmarks) * np.array([aspect, 1.0])
@@ -40,11 +41,11 @@ def symmetry_yaw(landmarks, aspect: float = 1.0) -> np.ndarray:
     if np.any(half_eye_distance <= 0):
         raise ValueError("landmarks: the two eye centres coincide, the yaw is undefined")
     offset = np.sum((nose - (left_eye + right_eye) / 2.0) * eye_axis, axis=-1) / (2.0 * half_eye_distance)
-    return np.degrees(np.arctan(_HALF_EYE_DISTANCE_MM * np.abs(offset) / (_NOSE_DEPTH_MM * half_eye_distance)))
+    return np.degrees(np.arctan(_HALF_EYE_DISTANCE_MM * offset / (_NOSE_DEPTH_MM * half_eye_distance)))
 
 
 def frontal_mean_landmarks(landmarks, yaw, max_yaw: float) -> np.ndarray:
-    """Mean of landmarks [N, M, 2] over the faces with |yaw| [N] (degrees) <= max_yaw -> [M, 2] float64."""
+    """Mean of landmarks [N, M, 2] over the faces with |yaw [N]| <= max_yaw (degrees) -> [M, 2] float64."""
     landmarks = np.asarray(landmarks, np.float64)
     yaw = np.asarray(yaw, np.float64)
     if landmarks.ndim != 3 or landmarks.shape[-1] != 2:
