@@ -18,7 +18,7 @@ from tfface.export import export_run
 from tfface.training.builder import build_trainer
 from tfface.training.config import load_config
 from tools import mean_landmarks as mean_landmarks_tool
-from tools import probe_landmarks, probe_pose
+from tools import aprn_compare, probe_landmarks, probe_pose
 from trainers.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,6 +257,23 @@ def test_probe_tools_report_every_stage_and_the_svm(runs, pose_data, tmp_path, c
     assert 0.0 <= result["val_accuracy"] <= 1.0 and 0.0 <= result["cross_pose_accuracy"] <= 1.0
     assert "linear SVM frontal" in capsys.readouterr().out
     assert probe_pose.main([str(tmp_path / "no_run"), "--data", str(data_dir)]) == 2
+
+
+def test_aprn_compare_tabulates_the_runs_on_one_split(runs, pose_data, tmp_path, capsys):
+    data_dir, _ = pose_data
+    baseline, aprn = runs
+    out = tmp_path / "compare.json"
+    assert aprn_compare.main([
+        "--runs", f"baseline={baseline}", f"aprn={aprn}", "--data", str(data_dir), "--prefix", "train",
+        "--epochs", "1", "--channels", "8", "--pairs", "40", "--out", str(out),
+    ]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| run | pose-probe SVM val (train) | stage4 landmark-probe L1 |")
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| baseline", "| aprn"]
+    results = json.loads(out.read_text())["results"]
+    assert results["baseline"]["pose_probe"]["num_test"] == results["aprn"]["pose_probe"]["num_test"]
+    assert aprn_compare.main(["--runs", "baseline", "--data", str(data_dir)]) == 2
+    assert "NAME=WORK_DIR" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["aprn_softmax", "aprn_arcface", "aprn_softmax_part1", "aprn_softmax_part2"])

@@ -1,0 +1,116 @@
+"""APRN's evidence for several runs on the same held-out faces: pose probe, landmark probe, cross-pose verification.
+
+    python -m tools.aprn_compare --data data/synth_wide --prefix test \\
+        --runs baseline=runs/synth_baseline aprn=runs/synth_aprn --out docs/aprn_synth.json
+
+For each run (NAME=WORK_DIR): the linear-SVM frontal/profile accuracy on held-out identities (tools.probe_pose),
+the landmark-probe L1 error per face on the chosen stages (tools.probe_landmarks; Table 3), and the 10-fold
+verification accuracy on frontal-profile pairs. Every run sees the same faces, identity split, pairs and seeds.
+Prints a Markdown table; --out also writes every number as JSON.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from tfface.backbones.blocks import STAGE_KEYS  # noqa: E402
+from tfface.errors import ConfigError  # noqa: E402
+from tfface.evaluation.pose_probes import (  # noqa: E402
+    cross_pose_verification,
+    embed,
+    landmark_probe,
+    load_run_backbone,
+    pose_classes,
+    pose_probe,
+    read_probe_set,
+    split_by_identity,
+)
+
+
+def parse_runs(items: List[str]) -> Dict[str, str]:
+    runs = {}
+    for item in items:
+        name, separator, work_dir = item.partition("=")
+        if not separator or not name or not work_dir:
+            raise ConfigError(f"--runs expects NAME=WORK_DIR, got '{item}'")
+        runs[name] = work_dir
+    return runs
+
+
+def evaluate_run(work_dir: str, args: argparse.Namespace) -> Dict:
+    """The three measurements of one run (same split and seeds for every run)."""
+    backbone, data = load_run_backbone(work_dir)
+    faces = read_probe_set(args.data, args.prefix, data.get("image_size"), data.get("crop_size"))
+    if faces.yaw is None or faces.landmarks is None:
+        raise ConfigError(f"{args.data}/{args.prefix}: the probes need landmarks (and pose or landmark symmetry)")
+    classes = pose_classes(faces.yaw, args.frontal_max, args.profile_min)
+    held_out = split_by_identity(faces.labels, args.holdout, args.seed)
+    keras.utils.set_random_seed(args.seed)
+    return {
+        "pose_probe": pose_probe(embed(backbone, faces.images_facing_one_side()), classes, held_out, seed=args.seed),
+        "landmark_probe": landmark_probe(
+            backbone, faces.subset(~held_out), faces.subset(held_out), stages=args.stages, channels=args.channels,
+            epochs=args.epochs, seed=args.seed,
+        ),
+        "cross_pose": cross_pose_verification(backbone, faces, classes, args.pairs, args.seed),
+    }
+
+
+def markdown_table(results: Dict[str, Dict], stages: List[str]) -> str:
+    header = ["run", "pose-probe SVM val (train)"] + [f"{stage} landmark-probe L1" for stage in stages]
+    header.append("frontal-profile verification")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in results.items():
+        pose, cross = result["pose_probe"], result["cross_pose"]
+        cells = [name, f"{pose['val_accuracy']:.3f} ({pose['train_accuracy']:.3f})"]
+        cells += [f"{result['landmark_probe'][stage]['l1']:.4f}" for stage in stages]
+        cells.append(f"{cross['accuracy_mean']:.4f} +- {cross['accuracy_std']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plain(value):
+    """numpy arrays and scalars as JSON values."""
+    return value.tolist() if hasattr(value, "tolist") else float(value)
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tools.aprn_compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", required=True, metavar="NAME=WORK_DIR")
+    parser.add_argument("--data", required=True, help="TFRecord folder with landmarks and pose")
+    parser.add_argument("--prefix", default="test", help="data set prefix (default test)")
+    parser.add_argument("--frontal-max", type=float, default=15.0)
+    parser.add_argument("--profile-min", type=float, default=45.0)
+    parser.add_argument("--holdout", type=float, default=0.5, help="fraction of identities the probes test on")
+    parser.add_argument("--stages", nargs="+", default=["stage4"], choices=STAGE_KEYS)
+    parser.add_argument("--channels", type=int, nargs="+", default=[32], help="landmark regressor conv widths")
+    parser.add_argument("--epochs", type=int, default=20, help="landmark regressor epochs")
+    parser.add_argument("--pairs", type=int, default=1000, help="frontal-profile verification pairs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="JSON file for every number")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        runs = parse_runs(args.runs)
+        results = {name: evaluate_run(work_dir, args) for name, work_dir in runs.items()}
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown_table(results, args.stages))
+    if args.out:
+        settings = {key: value for key, value in vars(args).items() if key != "out"}
+        with open(args.out, "w") as handle:
+            json.dump({"settings": settings, "runs": runs, "results": results}, handle, indent=2, default=_plain)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
