@@ -227,15 +227,19 @@ class FaceTrainer(keras.Model):
                 self._track(self.plugin_trackers[plugin.name], plugin_loss)
             scaled_total = self.optimizer.scale_loss(total)
         gradients = tape.gradient(scaled_total, main_variables + sum(branch_variables, []) + sharded_variables)
-        if sharded_variables:
-            self.head.apply_sharded_gradients(gradients[len(gradients) - len(sharded_variables) :], self.optimizer)
-        self.optimizer.apply(gradients[: len(main_variables)], main_variables)
-        offset = len(main_variables)
+        # every use of the main loss scale comes before the main optimizer updates it
+        branch_updates, offset = [], len(main_variables)
         for branch, variables in zip(own_optimizer_branches, branch_variables):
-            if variables:
-                branch_gradients = gradients[offset : offset + len(variables)]
-                branch.optimizer.apply(rescale_gradients(branch_gradients, self.optimizer, branch.optimizer), variables)
+            branch_gradients = gradients[offset : offset + len(variables)]
+            branch_gradients = rescale_gradients(branch_gradients, self.optimizer, branch.optimizer)
+            branch_updates.append((branch.optimizer, branch_gradients, variables))
             offset += len(variables)
+        if sharded_variables:
+            self.head.apply_sharded_gradients(gradients[offset:], self.optimizer)
+        self.optimizer.apply(gradients[: len(main_variables)], main_variables)
+        for optimizer, branch_gradients, variables in branch_updates:
+            if variables:
+                optimizer.apply(branch_gradients, variables)
         for plugin in self._active():
             plugin.after_update(context)
 
