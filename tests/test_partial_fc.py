@@ -174,8 +174,10 @@ def test_two_replicas_sample_their_own_classes():
     with strategy.scope():
         head = PartialFCHead(41, sample_rate=0.2)
         head.build((None, D))
-    x = strategy.experimental_distribute_values_from_function(lambda c: embeddings[2 * c.replica_id_in_sync_group :][:2])
-    y = strategy.experimental_distribute_values_from_function(lambda c: labels[2 * c.replica_id_in_sync_group :][:2])
+    x, y = [
+        strategy.experimental_distribute_values_from_function(lambda c: values[2 * c.replica_id_in_sync_group :][:2])
+        for values in (embeddings, labels)
+    ]
     sampled = strategy.run(lambda a, b: head(a, b, training=True)["sampled_classes"], args=(x, y))
     first, second = [value.numpy() for value in strategy.experimental_local_results(sampled)]
     assert head.sample_count(4) == 5 and len(first) == len(second) == 5
@@ -213,7 +215,8 @@ def test_trainer_steps_with_sharded_centres_match_the_full_head():
         sharded = make_trainer(PartialFCHead(5, sample_rate=1.0), sync_batchnorm=True)
         sharded.backbone.set_weights(initial_backbone)
         sharded.head.set_full_kernel(initial_kernel)
-    history = sharded.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=2, steps_per_epoch=1, verbose=0, shuffle=False)
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    history = sharded.fit(dataset, epochs=2, steps_per_epoch=1, verbose=0, shuffle=False)
 
     np.testing.assert_allclose(history.history["loss"], full_losses, rtol=1e-5)
     np.testing.assert_allclose(sharded.head.full_kernel(), full.head.kernel.numpy(), atol=1e-5)
@@ -227,7 +230,8 @@ def test_checkpoint_round_trip_keeps_every_shard(tmp_path):
     with strategy.scope():
         trainer = make_trainer(PartialFCHead(5, sample_rate=0.5))
         restored = make_trainer(PartialFCHead(5, sample_rate=0.5))
-    trainer.fit(tf.data.Dataset.from_tensors(make_batch()).repeat(), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    dataset = tf.data.Dataset.from_tensors(make_batch()).repeat()
+    trainer.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
     path = str(tmp_path / "trainer.weights.h5")
     trainer.save_weights(path)
     restored.load_weights(path)

@@ -80,7 +80,9 @@ class PartialFCHead(MarginHead):
         self.sample_rate = float(sample_rate)
         self.margin_options = dict(margin_options or {})
         self.seed = seed
-        self.margin = HEADS.build(margin_head, num_classes=num_classes, name=f"{self.name}_margin", **self.margin_options)
+        self.margin = HEADS.build(
+            margin_head, num_classes=num_classes, name=f"{self.name}_margin", **self.margin_options
+        )
         self.margin.built = True  # only its logit maths are used: it never creates its own [D, C] kernel
 
     # ----------------------------------------------------------------------------------------------- variables
