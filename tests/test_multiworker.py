@@ -52,9 +52,15 @@ def free_ports(count: int):
 
 
 def h5_arrays(path: Path):
+    """Every dataset of an .h5 file by its path."""
     arrays = {}
+
+    def keep(name, item):
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = item[()]
+
     with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+        handle.visititems(keep)
     return arrays
 
 
