@@ -68,17 +68,19 @@ def decode_albedo(raw):
     return (ops.cast(raw, "float32") + 1.0) / 2.0
 
 
-def render(depth, albedo, light: Dict[str, tf.Tensor], angles, translation, K, march_steps: int = 16):
+def render(depth, albedo, light: Dict[str, tf.Tensor], angles, translation, K, march_steps: int = 16,
+           refine_steps: int = 6):
     """The image formation of Eq. 1-4 -> {"normals" [N, H, W, 3], "canonical" I_c [N, H, W, 3], "image" I_hat
     [N, H, W, 3], "valid" [N, H, W] 0/1}.
 
-    depth [N, H, W] metres; albedo [N, H, W, 3]; light as `decode_light`; angles [N, 3] rad; translation [N, 3] m.
+    depth [N, H, W] metres; albedo [N, H, W, 3]; light as `decode_light`; angles [N, 3] rad; translation [N, 3] m;
+    march_steps, refine_steps: of the warp's ray casting (`tfface.rendering.source_coordinates`).
     """
     normals = rendering.normals_from_depth(depth, K)
     direction = rendering.light_direction(light["l_dx"], light["l_dy"])
     canonical = rendering.lambertian(albedo, normals, light["ambient"], light["diffuse"], direction)
     image, valid = rendering.warp_to_view(canonical, depth, angles, translation, K, ROTATION_CENTER_DEPTH,
-                                          march_steps=march_steps)
+                                          march_steps=march_steps, refine_steps=refine_steps)
     return {"normals": normals, "canonical": canonical, "image": image, "valid": valid}
 
 
@@ -100,7 +102,7 @@ class Bypass3D(Branch):
     reconstruction (64); fov_degrees: camera field of view (10); min_depth, max_depth: depth range in metres
     (0.9, 1.1); max_rotation_degrees (60) and max_translation (x, y, z metres; 0.1 each): ranges of Phi_w;
     ira_width, code_size: Unsup3D's nf (64) and code size (256) of Phi_d, Phi_a; iia_width: nf of Phi_w, Phi_l (32);
-    march_steps: ray-marching steps of the warp (16).
+    march_steps, refine_steps: ray-marching and root-refining steps of the warp (16, 6).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class Bypass3D(Branch):
         code_size: int = 256,
         iia_width: int = 32,
         march_steps: int = 16,
+        refine_steps: int = 6,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -132,7 +135,7 @@ class Bypass3D(Branch):
         self.max_rotation_degrees = float(max_rotation_degrees)
         self.max_translation = tuple(float(value) for value in max_translation)
         self.ira_width, self.code_size, self.iia_width = int(ira_width), int(code_size), int(iia_width)
-        self.march_steps = int(march_steps)
+        self.march_steps, self.refine_steps = int(march_steps), int(refine_steps)
         self.intrinsics = rendering.intrinsics_from_fov(self.fov_degrees, self.map_size, self.map_size)
 
     def build_for(self, features_spec: Dict[str, tuple], head) -> None:
@@ -171,7 +174,8 @@ class Bypass3D(Branch):
         feature_map = features[self.feature]
         depth = decode_depth(self.depth_net(feature_map)[..., 0], self.min_depth, self.max_depth)
         albedo = decode_albedo(self.albedo_net(feature_map))
-        rendered = render(depth, albedo, light, angles, translation, self.intrinsics, self.march_steps)
+        rendered = render(depth, albedo, light, angles, translation, self.intrinsics, self.march_steps,
+                          self.refine_steps)
         target = to_unit_pixels(resized)
         return {
             "target": target, "depth": depth, "albedo": albedo, "angles": angles, "translation": translation,

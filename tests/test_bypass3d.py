@@ -1,0 +1,255 @@
+"""3D-BERL bypass: decoders and rendering by hand, the aux nets' layouts, gradient routing, stages, MirroredStrategy."""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfface import backbones, heads
+from tfface.branches import BRANCHES
+from tfface.branches.bypass3d import (
+    Bypass3D,
+    decode_albedo,
+    decode_depth,
+    decode_light,
+    decode_view,
+    masked_l1,
+    render,
+    to_unit_pixels,
+)
+from tfface.branches.image_nets import parameter_encoder
+from tfface.branches.reconstruction_nets import canonical_map_net
+from tfface.rendering import intrinsics_from_fov
+from tfface.training import FaceTrainer
+from tfface.training.plugins import StepContext
+from tfface.training.strategy import mirrored_strategy
+
+INPUT_SHAPE = (16, 16, 3)
+NUM_CLASSES = 4
+SMALL = {"map_size": 8, "ira_width": 4, "code_size": 8, "iia_width": 4, "march_steps": 2,
+         "refine_steps": 1}
+# Backbone layers that come after stage 3 in `tiny`: L_recon must not reach them.
+AFTER_STAGE3 = ("stage4", "output_bn", "embedding")
+
+
+def make_batch(size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.uniform(-1.0, 1.0, size=(size, *INPUT_SHAPE)).astype("float32"),
+        "label": (np.arange(size) % NUM_CLASSES).astype("int32"),
+    }
+
+
+def make_bypass(weight=1.0, epsilon=1e-7, **options):
+    optimizer = keras.optimizers.Adam(1e-3, epsilon=epsilon)
+    return Bypass3D(name="bypass3d", weight=weight, optimizer=optimizer, **{**SMALL, **options})
+
+
+def make_trainer(branches=(), sync_batchnorm=False):
+    backbone = backbones.get_backbone("tiny", input_shape=INPUT_SHAPE, embedding_size=6, width=4,
+                                      sync_batchnorm=sync_batchnorm)
+    trainer = FaceTrainer(backbone, heads.get_head("softmax", NUM_CLASSES), branches=branches)
+    trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1, momentum=0.9))
+    trainer.build_all(INPUT_SHAPE)
+    return trainer
+
+
+def one_step(trainer, batch):
+    return trainer.train_on_batch(dict(batch), return_dict=True)
+
+
+# ------------------------------------------------------------------------------------------------ pure maths
+
+
+def test_decoders_follow_their_formulas():
+    raw_view = np.array([[0.5, -1.0, 0.25, 1.0, -0.5, 0.2]], np.float32)
+    angles, translation = decode_view(raw_view, 60.0, (0.1, 0.2, 0.3))
+    np.testing.assert_allclose(angles, [[math.radians(30), math.radians(-60), math.radians(15)]], rtol=1e-6)
+    np.testing.assert_allclose(translation, [[0.1, -0.1, 0.06]], rtol=1e-6)
+
+    light = decode_light(np.array([[-1.0, 0.5, 0.3, -0.7]], np.float32))
+    np.testing.assert_allclose([light[k][0] for k in ("ambient", "diffuse", "l_dx", "l_dy")], [0.0, 0.75, 0.3, -0.7],
+                               rtol=1e-6)
+
+    raw_depth = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    centred = raw_depth - raw_depth.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(decode_depth(raw_depth, 0.9, 1.1), 1.0 + 0.1 * np.tanh(centred), rtol=1e-6)
+    np.testing.assert_allclose(decode_albedo(np.array([-1.0, 0.0, 0.5])), [0.0, 0.5, 0.75])
+    np.testing.assert_allclose(to_unit_pixels(np.array([(0 - 127.5) / 128, (255 - 127.5) / 128])), [0.0, 1.0],
+                               atol=1e-6)
+
+
+def test_masked_l1_by_hand():
+    image = np.zeros((2, 2, 2, 3), np.float32)
+    target = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3) / 10.0
+    valid = np.array([[[1, 0], [1, 1]], [[0, 0], [0, 0]]], np.float32)
+    expected_first = (target[0, 0, 0].sum() + target[0, 1, 0].sum() + target[0, 1, 1].sum()) / 9.0
+    np.testing.assert_allclose(masked_l1(image, target, valid), [expected_first, 0.0], rtol=1e-6)
+
+
+def test_flat_face_renders_the_hand_computed_lambertian_image_and_gradients():
+    """A plane at 1 m seen from the canonical view: n = (0, 0, 1), so I_hat = a (k_a + k_d / |(l_dx, l_dy, 1)|),
+    and d sum(I_hat) / d(k_a, k_d, l_dx) = sum(a) (1, 1 / r, -k_d l_dx / r^3) with r = |(l_dx, l_dy, 1)|."""
+    rng = np.random.default_rng(1)
+    albedo = rng.uniform(0.1, 0.9, (1, 8, 8, 3)).astype(np.float32)
+    depth = np.ones((1, 8, 8), np.float32)
+    k_a, k_d, l_dx, l_dy = (tf.Variable([value]) for value in (0.3, 0.6, 0.4, -0.2))
+    with tf.GradientTape() as tape:
+        light = {"ambient": k_a, "diffuse": k_d, "l_dx": l_dx, "l_dy": l_dy}
+        result = render(depth, albedo, light, np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32),
+                        intrinsics_from_fov(10.0, 8, 8), march_steps=4)
+        total = tf.reduce_sum(result["image"])
+    r = math.sqrt(1.0 + 0.4**2 + 0.2**2)
+    np.testing.assert_allclose(result["canonical"], albedo * (0.3 + 0.6 / r), rtol=1e-5)
+    np.testing.assert_allclose(result["image"], albedo * (0.3 + 0.6 / r), atol=1e-4)
+    np.testing.assert_array_equal(result["valid"], 1.0)
+    gradients = [g.numpy()[0] for g in tape.gradient(total, [k_a, k_d, l_dx])]
+    np.testing.assert_allclose(gradients, albedo.sum() * np.array([1.0, 1.0 / r, -0.6 * 0.4 / r**3]), rtol=1e-4)
+
+
+def test_masked_l1_gradient_is_the_sign_of_the_error_over_the_counted_pixels():
+    rng = np.random.default_rng(3)
+    image = tf.Variable(rng.uniform(size=(1, 3, 3, 3)).astype(np.float32))
+    target = rng.uniform(size=(1, 3, 3, 3)).astype(np.float32)
+    valid = (rng.uniform(size=(1, 3, 3)) > 0.4).astype(np.float32)
+    with tf.GradientTape() as tape:
+        loss = masked_l1(image, target, valid)[0]
+    expected = np.sign(image.numpy() - target) * valid[..., None] / (3.0 * valid.sum())
+    np.testing.assert_allclose(tape.gradient(loss, image), expected, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ networks
+
+
+def test_iia_is_five_conv_relu_and_a_conv_tanh_head_at_64():
+    net = parameter_encoder(6, image_size=64, width=2)
+    convs = [layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [layer.activation.__name__ for layer in convs] == ["relu"] * 5 + ["tanh"]
+    output = net(np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32))
+    assert output.shape == (2, 6) and np.all(np.abs(output) < 1.0)
+
+
+def test_ira_decodes_14x14_stage3_features_to_64x64_maps_with_the_seven_layer_encoder():
+    net = canonical_map_net((14, 14, 8), 3, map_size=64, width=4, code_size=16, output_activation="tanh")
+    encoder = [type(layer).__name__ for layer in net.layers[:7]]
+    assert encoder == ["Conv2D", "GroupNormalization", "LeakyReLU", "Conv2D", "LeakyReLU", "Conv2D", "ReLU"]
+    code = np.zeros((2, 14, 14, 8), np.float32)
+    for layer in net.layers[:7]:
+        code = layer(code)
+    assert code.shape == (2, 1, 1, 16)  # 14 -> 7 -> 4 -> 1x1 code
+    maps = net(np.random.default_rng(0).normal(size=(2, 14, 14, 8)).astype(np.float32))
+    assert maps.shape == (2, 64, 64, 3) and np.all(np.abs(maps) < 1.0)
+    with pytest.raises(ValueError, match="map_size must be a power of two"):
+        canonical_map_net((14, 14, 8), 1, map_size=48)
+
+
+def test_bad_options_name_the_problem():
+    with pytest.raises(ValueError, match="feature 'stage9' is not a backbone output"):
+        make_trainer(branches=[make_bypass(feature="stage9")])
+    with pytest.raises(ValueError, match="feature 'embedding' must be a feature map"):
+        make_trainer(branches=[make_bypass(feature="embedding")])
+    with pytest.raises(ValueError, match="min_depth < max_depth"):
+        make_bypass(min_depth=1.2)
+    with pytest.raises(ValueError, match="colour"):
+        BRANCHES.build("bypass3d", name="bypass3d", weight=1.0, warmup_steps=0, colour=3)
+
+
+# ------------------------------------------------------------------------------------------------ in the trainer
+
+
+def test_recon_loss_reaches_the_aux_nets_and_stages_1_to_3_only():
+    branch = make_bypass()
+    trainer = make_trainer(branches=[branch])
+    batch = make_batch()
+    variables = trainer.backbone.trainable_variables + branch.cooperative_variables()
+    with tf.GradientTape() as tape:
+        features = trainer.backbone(batch["image"], training=True)
+        context = StepContext(batch=batch, features=features, labels=batch["label"], head=trainer.head, step=0)
+        loss = tf.reduce_mean(branch.loss(context))
+    gradients = dict(zip([v.path for v in variables], tape.gradient(loss, variables)))
+    kernels = [v.path for v in trainer.backbone.trainable_variables]
+    after = [path for path in kernels if path.startswith(AFTER_STAGE3)]
+    before = [path for path in kernels if path.startswith(("stem", "stage1", "stage2", "stage3"))]
+    assert len(after) >= 4 and len(before) >= 8 and len(after) + len(before) == len(kernels)
+    for path in after:
+        assert gradients[path] is None or not np.any(gradients[path].numpy()), path
+    for path in before + [v.path for v in branch.cooperative_variables()]:
+        assert gradients[path] is not None and np.any(gradients[path].numpy()), path
+
+
+def test_identity_loss_and_its_update_beyond_stage3_do_not_change_with_the_branch():
+    """Same start, one step with and without the bypass (weight gamma_2 = 0.5): equal FR loss, equal updates of
+    stage 4, the embedding layer and the head; different stages 1-3; loss = L_FR + 0.5 L_recon."""
+    batch = make_batch()
+    plain = make_trainer()
+    branch = make_bypass(weight=0.5)
+    with_branch = make_trainer(branches=[branch])
+    with_branch.backbone.set_weights(plain.backbone.get_weights())
+    with_branch.head.set_weights(plain.head.get_weights())
+    plain_logs, branch_logs = one_step(plain, batch), one_step(with_branch, batch)
+    np.testing.assert_allclose(branch_logs["identity_loss"], plain_logs["identity_loss"], rtol=1e-6)
+    np.testing.assert_allclose(branch_logs["loss"], plain_logs["identity_loss"] + 0.5 * branch_logs["bypass3d_loss"],
+                               rtol=1e-5)
+    mine = {v.path: v.numpy() for v in with_branch.backbone.weights}
+    for variable in plain.backbone.weights:
+        if variable.path.startswith(AFTER_STAGE3):
+            np.testing.assert_allclose(mine[variable.path], variable.numpy(), atol=1e-6, err_msg=variable.path)
+    changed = [not np.allclose(mine[v.path], v.numpy()) for v in plain.backbone.trainable_variables
+               if v.path.startswith("stage3")]
+    assert any(changed)
+    for theirs, ours in zip(plain.head.weights, with_branch.head.weights):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6)
+
+
+def _snapshot(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def _moved(before, variables):
+    return [not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)]
+
+
+def test_the_three_stages_train_what_they_should():
+    branch = make_bypass()
+    trainer = make_trainer(branches=[branch])
+    batch = make_batch()
+    parts = {"backbone": trainer.backbone.weights, "head": trainer.head.weights, "aux": branch.cooperative_variables()}
+
+    trainer.set_stage(plugins=[])  # 1: face recognition only
+    before = {name: _snapshot(v) for name, v in parts.items()}
+    logs = one_step(trainer, batch)
+    assert "bypass3d_loss" in logs and not any(_moved(before["aux"], parts["aux"]))
+    assert any(_moved(before["backbone"], parts["backbone"])) and any(_moved(before["head"], parts["head"]))
+
+    trainer.set_stage(frozen=("backbone", "head"), identity_loss=False, plugins=["bypass3d"])  # 2: aux only
+    before = {name: _snapshot(v) for name, v in parts.items()}
+    logs = one_step(trainer, batch)
+    np.testing.assert_allclose(logs["loss"], logs["bypass3d_loss"], rtol=1e-6)
+    assert all(_moved(before["aux"], parts["aux"]))
+    assert not any(_moved(before["backbone"], parts["backbone"])) and not any(_moved(before["head"], parts["head"]))
+
+    trainer.set_stage(plugins=["bypass3d"])  # 3: joint
+    before = {name: _snapshot(v) for name, v in parts.items()}
+    one_step(trainer, batch)
+    assert all(_moved(before["aux"], parts["aux"])) and any(_moved(before["backbone"], parts["backbone"]))
+
+
+def test_mirrored_step_equals_single_device_step():
+    """Two replicas on a global batch of 8 give the weights of one device on the same 8 (sync BN, Adam aux nets).
+
+    Adam's first step is lr g / (|g| + epsilon): a larger epsilon keeps gradients near zero, whose sign is round-off
+    noise, from moving by a full lr.
+    """
+    batch = make_batch()
+    single = make_trainer(branches=[make_bypass(epsilon=1e-2)], sync_batchnorm=True)
+    initial = single.get_weights()
+    one_step(single, batch)
+
+    strategy = mirrored_strategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = make_trainer(branches=[make_bypass(epsilon=1e-2)], sync_batchnorm=True)
+        mirrored.set_weights(initial)
+    mirrored.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
+    for mine, theirs in zip(mirrored.get_weights(), single.get_weights()):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
