@@ -31,6 +31,8 @@ setup(
             "tfface-embed=serving.client:main",
             "tfface-synth=tools.synth:main",
             "tfface-demo=tools.demo:main",
+            "tfface-align=tools.align:main",
+            "tfface-annotate=tools.annotate:main",
         ]
     },
 )
