@@ -215,6 +215,7 @@ def test_trainer_steps_with_sharded_centres_match_the_full_head():
         sharded = make_trainer(PartialFCHead(5, sample_rate=1.0), sync_batchnorm=True)
         sharded.backbone.set_weights(initial_backbone)
         sharded.head.set_full_kernel(initial_kernel)
+    sharded.head.chunk_rows = 2  # each 3-row shard is updated in two blocks
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
     history = sharded.fit(dataset, epochs=2, steps_per_epoch=1, verbose=0, shuffle=False)
 

@@ -32,6 +32,9 @@ PARTIAL_FC_MARGINS = ("arcface", "cosface", "combined", "normface", "linearface"
 """Margin heads whose maths Partial FC can apply to sampled logits (their hooks keep no per-class state)."""
 
 _SEED_STRIDE = 1 << 16
+_CHUNK_VALUES = 1 << 24
+"""Shard rows are initialised and updated in blocks of this many values (64 MiB of float32), so the temporaries
+of a step stay small next to a shard of millions of centres."""
 
 
 class PartialFCHead(MarginHead):
@@ -39,7 +42,8 @@ class PartialFCHead(MarginHead):
 
     sample_rate: fraction in (0, 1] of each replica's centres used per training step (positives always included).
     margin_options: hyper-parameters of the margin head, e.g. {"scale": 64.0, "margin": 0.5} for ArcFace.
-    kernel_initializer: initial centres, called once per shard with shape [count_r, D] (insightface: N(0, 0.01)).
+    kernel_initializer: initial centres, called per block of rows with shape [rows, D]: use one that does not depend
+      on the shape (the default N(0, 0.01), as insightface).
     seed: seeds the negative sampling (stateless; also varies with the step and the replica).
 
     call(embeddings [n, D], labels [n], training) -> {"logits", "plain_logits": float32 [n, 2] (target column 0,
@@ -106,10 +110,12 @@ class PartialFCHead(MarginHead):
             shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica",
             name="sampling_step",
         )
+        self.chunk_rows = max(1, _CHUNK_VALUES // self.embedding_dim)
         for replica, shard in enumerate(self._shards(self.centres)):
             _, count = self.class_range(replica)
-            values = ops.convert_to_numpy(self.kernel_initializer((count, self.embedding_dim), dtype="float32"))
-            shard.assign(np.pad(values, ((0, self.shard_size - count), (0, 0))))
+            for start in range(0, count, self.chunk_rows):
+                end = min(start + self.chunk_rows, count)
+                shard[start:end].assign(self.kernel_initializer((end - start, self.embedding_dim), dtype="float32"))
 
     def _shard_variable(self, name):
         """A [shard_size, D] float32 variable with one independent copy per replica (on-read, not aggregated)."""
@@ -287,25 +293,44 @@ class PartialFCHead(MarginHead):
         if not isinstance(gradient, tf.IndexedSlices):
             gradient = tf.IndexedSlices(tf.convert_to_tensor(gradient), tf.range(self.shard_size))
         values = tf.cast(gradient.values, tf.float32) / loss_scale(optimizer)
-        rows = tf.cast(gradient.indices, tf.int32)[:, None]
+        rows = tf.cast(gradient.indices, tf.int32)
         learning_rate = tf.cast(sgd.learning_rate, tf.float32)
-        centres, momentum = self.centres.value, self.momentum.value
+        tf.cond(
+            tf.reduce_all(tf.math.is_finite(values)),
+            lambda: self._sgd_update(rows, values, learning_rate, sgd),
+            lambda: tf.constant(False),
+        )
 
-        def update():
-            decayed = centres - centres * (float(sgd.weight_decay or 0.0) * learning_rate)
-            step = values * learning_rate
-            if sgd.momentum == 0:
-                centres.assign(tf.tensor_scatter_nd_sub(decayed, rows, step))
-                return tf.constant(True)
-            velocity = tf.tensor_scatter_nd_sub(momentum * float(sgd.momentum), rows, step)
-            momentum.assign(velocity)
-            if sgd.nesterov:
-                centres.assign(decayed + tf.tensor_scatter_nd_sub(velocity * float(sgd.momentum), rows, step))
+    def _sgd_update(self, rows, values, learning_rate, sgd):
+        """keras SGD on this replica's shard, `chunk_rows` rows at a time (read, update, write back in place), with
+        the gradient rows [k, D] at `rows` [k] scattered into each block; returns True."""
+        centres, momentum = self.centres.value.handle, self.momentum.value.handle
+        decay = float(sgd.weight_decay or 0.0) * learning_rate
+        mu = float(sgd.momentum)
+
+        def update_block(start):
+            end = tf.minimum(start + self.chunk_rows, self.shard_size)
+            block = tf.range(start, end)
+            inside = tf.logical_and(rows >= start, rows < end)
+            gradient = tf.scatter_nd(
+                tf.boolean_mask(rows, inside)[:, None] - start,
+                tf.boolean_mask(values, inside),
+                tf.stack([end - start, self.embedding_dim]),
+            )
+            weights = tf.raw_ops.ResourceGather(resource=centres, indices=block, dtype=tf.float32)
+            weights = weights - weights * decay
+            if mu == 0:
+                weights = weights - gradient * learning_rate
             else:
-                centres.assign(decayed + velocity)
-            return tf.constant(True)
+                velocity = tf.raw_ops.ResourceGather(resource=momentum, indices=block, dtype=tf.float32) * mu
+                velocity = velocity - gradient * learning_rate
+                tf.raw_ops.ResourceScatterUpdate(resource=momentum, indices=block, updates=velocity)
+                weights = weights + (velocity * mu - gradient * learning_rate if sgd.nesterov else velocity)
+            tf.raw_ops.ResourceScatterUpdate(resource=centres, indices=block, updates=weights)
+            return end
 
-        tf.cond(tf.reduce_all(tf.math.is_finite(values)), update, lambda: tf.constant(False))
+        tf.while_loop(lambda start: start < self.shard_size, update_block, [tf.constant(0)], parallel_iterations=1)
+        return tf.constant(True)
 
     def _checked_sgd(self, optimizer):
         if not isinstance(optimizer, keras.optimizers.SGD):
