@@ -131,7 +131,7 @@ def train_model(
         .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size, drop_remainder=True)
     )
-    trainer.fit(dataset, epochs=epochs, verbose=0)
+    trainer.fit(dataset, epochs=epochs, verbose=0, shuffle=False)  # the dataset shuffles
     return trainer
 
 

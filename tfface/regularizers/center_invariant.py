@@ -15,7 +15,7 @@ So a centre inside the circle of radius sqrt(tau) is pulled out and one outside 
 import tensorflow as tf
 
 from tfface.regularizers import REGULARIZERS
-from tfface.regularizers.class_centers import RunningCentersRegularizer, global_class_statistics
+from tfface.regularizers.class_centers import RunningCentersRegularizer, global_class_counts
 from tfface.training.plugins import StepContext
 
 
@@ -35,12 +35,10 @@ class CenterInvariantLoss(RunningCentersRegularizer):
     def loss(self, context: StepContext) -> tf.Tensor:
         embeddings = self.embeddings_of(context)
         labels = tf.cast(context.labels, tf.int32)
-        _, counts = global_class_statistics(tf.stop_gradient(embeddings), labels, self.num_classes)
+        class_sizes = tf.gather(global_class_counts(labels, self.num_classes), labels)[:, None]  # n_y [N, 1]
         centers = tf.convert_to_tensor(self.centers)
         squared_norms = tf.reduce_sum(tf.square(centers), axis=1)
-        own_center = tf.gather(centers, labels) + (embeddings - tf.stop_gradient(embeddings)) / tf.gather(
-            counts, labels
-        )[:, None]
+        own_center = tf.gather(centers, labels) + (embeddings - tf.stop_gradient(embeddings)) / class_sizes
         own_squared_norm = tf.reduce_sum(tf.square(own_center), axis=1)
         tau = (tf.reduce_sum(squared_norms) - tf.gather(squared_norms, labels) + own_squared_norm) / self.num_classes
         return 0.25 * tf.square(own_squared_norm - tau)

@@ -26,12 +26,16 @@ def all_reduce_sum(value: tf.Tensor) -> tf.Tensor:
     return context.all_reduce("sum", value)
 
 
+def global_class_counts(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """Examples per class [C] (float32) in the global batch; labels int [N] per replica."""
+    labels = tf.cast(labels, tf.int32)
+    return all_reduce_sum(tf.math.unsorted_segment_sum(tf.ones_like(labels, tf.float32), labels, num_classes))
+
+
 def global_class_statistics(embeddings: tf.Tensor, labels: tf.Tensor, num_classes: int) -> Tuple[tf.Tensor, tf.Tensor]:
     """(sums [C, D], counts [C]) of the embeddings per class over the global batch; embeddings [N, D] float32."""
-    labels = tf.cast(labels, tf.int32)
-    sums = tf.math.unsorted_segment_sum(embeddings, labels, num_classes)
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(labels, tf.float32), labels, num_classes)
-    return all_reduce_sum(sums), all_reduce_sum(counts)
+    sums = tf.math.unsorted_segment_sum(embeddings, tf.cast(labels, tf.int32), num_classes)
+    return all_reduce_sum(sums), global_class_counts(labels, num_classes)
 
 
 def wen_center_update(centers: tf.Tensor, sums: tf.Tensor, counts: tf.Tensor, alpha: float) -> tf.Tensor:

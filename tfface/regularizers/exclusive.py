@@ -32,6 +32,7 @@ def exclusive_term(kernel) -> tf.Tensor:
 
 
 def _project_columns(strategy: tf.distribute.Strategy, kernel: tf.Variable) -> None:
+    """Cross-replica: sets every column of the (mirrored) kernel [D, C] to unit norm on all devices."""
     strategy.extended.update(kernel, lambda variable: variable.assign(l2_normalize(variable, axis=0)), group=False)
 
 
