@@ -26,8 +26,11 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
+    """Seeded Keras, a clean session after each test, and collective keys apart from earlier tests' strategies
+    (every MirroredStrategy numbers its collectives from the same base, which TF lets tests move)."""
     import keras
 
     keras.utils.set_random_seed(0)
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
     yield
     keras.backend.clear_session()

@@ -14,6 +14,7 @@ from tfface.regularizers import REGULARIZERS, CenterInvariantLoss, CenterLoss, E
 from tfface.training import FaceTrainer, StepContext
 from tfface.training.builder import build_trainer
 from tfface.training.config import load_config
+from tfface.training.strategy import mirrored_strategy
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "trainers" / "configs"
 INPUT_SHAPE = (16, 16, 3)
@@ -293,17 +294,6 @@ def test_center_loss_enters_the_trainer_loss_and_moves_centres_by_the_step_featu
     np.testing.assert_allclose(regularizer.centers.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def two_replica_strategy():
-    """MirroredStrategy over the two logical CPUs, its collectives keyed apart from earlier strategies'.
-
-    Every MirroredStrategy numbers its collective ops from the same group key, and the process caches collective
-    instances by key, so a second strategy whose step all-reduces other shapes fails with "Shape mismatch in the
-    collective instance". TensorFlow's own tests offset the key base (a class attribute meant for tests) like this.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100_000
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 @pytest.mark.parametrize("make_regularizers", [
     lambda: [CenterLoss(weight=0.5, alpha=0.5), CenterInvariantLoss(weight=0.3, alpha=0.7)],
     lambda: [ExclusiveRegularizer(weight=1.0)],
@@ -319,7 +309,7 @@ def test_mirrored_step_moves_centres_and_weights_as_one_device(make_regularizers
     initial = single.get_weights()  # includes the centres
     single.train_on_batch(batch)
 
-    with two_replica_strategy().scope():
+    with mirrored_strategy(["/cpu:0", "/cpu:1"]).scope():
         mirrored = make_trainer(make_regularizers())
         mirrored.set_weights(initial)
     mirrored.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
