@@ -42,7 +42,7 @@ def rays(pixels, K):
     pixels = ops.convert_to_tensor(pixels)
     K = _check_intrinsics(K, pixels.dtype)
     homogeneous = ops.concatenate([pixels, ops.ones_like(pixels[..., :1])], axis=-1)
-    return ops.einsum("ij,...j->...i", ops.inv(K), homogeneous)
+    return ops.matmul(homogeneous, ops.transpose(ops.inv(K)))
 
 
 def unproject(depth, K):
@@ -62,5 +62,5 @@ def project(points, K):
     if points.shape[-1] != 3:
         raise ValueError(f"points must have a last axis of 3 (x, y, z), got shape {tuple(points.shape)}")
     K = _check_intrinsics(K, points.dtype)
-    image_points = ops.einsum("ij,...j->...i", K, points)
+    image_points = ops.matmul(points, ops.transpose(K))
     return image_points[..., :2] / image_points[..., 2:3]
