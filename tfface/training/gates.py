@@ -2,3 +2,6 @@
 from tfface.registry import Registry
 
 GATES = Registry("gate")
+
+# Imported for their registration side effects.
+from tfface.training import teacher_gate  # noqa: E402,F401
