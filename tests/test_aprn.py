@@ -17,7 +17,8 @@ from tfface.branches.mean_landmarks import (
     symmetry_yaw,
 )
 from tfface.branches.pose_discriminator import STAGE_CHANNELS, PoseDiscriminator, default_channels
-from tfface.data.landmarks import GENERIC_FACE_5_POINTS_MM, rotation_matrix
+from tfface.data.landmarks import GENERIC_FACE_5_POINTS_MM, estimate_pose, five_from_68, rotation_matrix
+from tfface.data.pipeline import LANDMARK_FLIP_PERMUTATIONS
 from tfface.training import FaceTrainer
 from tfface.training.strategy import mirrored_strategy
 
@@ -251,6 +252,27 @@ def test_frontal_mean_landmarks_by_hand():
         frontal_mean_landmarks(landmarks, yaw, max_yaw=1.0)
     with pytest.raises(ValueError, match=r"yaw must be \[3\]"):
         frontal_mean_landmarks(landmarks, yaw[:2], max_yaw=15.0)
+
+
+def mirror(landmarks):
+    """Normalised 68-point landmarks [68, 2] of the mirrored image: x -> 1 - x, left and right swapped."""
+    return np.stack([1.0 - landmarks[:, 0], landmarks[:, 1]], axis=-1)[list(LANDMARK_FLIP_PERMUTATIONS[68])]
+
+
+def test_symmetry_yaw_and_frontal_mean_on_real_faces(shared_data):
+    """lm300w (68 points, 160x160 crops): symmetry yaw follows the weak-perspective pose fit, and the mean of the
+    faces it calls frontal is left-right symmetric, unlike the mean of faces turned one way."""
+    with open(shared_data / "lm300w" / "landmarks.csv") as handle:
+        rows = [line.split(",")[1:] for line in handle.read().splitlines()[1:]]
+    landmarks = np.array(rows, np.float64).reshape(-1, 68, 2) / 160.0
+    yaw = symmetry_yaw(landmarks)
+    sample = np.arange(0, len(landmarks), 8)
+    fitted = np.array([estimate_pose(five_from_68(landmarks[index])).yaw for index in sample])
+    assert np.corrcoef(yaw[sample], fitted)[0, 1] > 0.95
+    assert np.abs(yaw[sample] - fitted).mean() < 5.0
+    frontal = frontal_mean_landmarks(landmarks, yaw, max_yaw=10.0)
+    turned = frontal_mean_landmarks(landmarks, np.where(yaw >= 30.0, 0.0, 90.0), max_yaw=10.0)
+    assert np.abs(mirror(frontal) - frontal).mean() < 0.01 < 0.05 < np.abs(mirror(turned) - turned).mean()
 
 
 def test_mean_landmarks_json_round_trip_and_the_branch_reads_it(tmp_path):
