@@ -1,5 +1,5 @@
 """Builds a compiled FaceTrainer, its optimizers and its schedule from a resolved config (see config.py)."""
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -15,7 +15,8 @@ from tfface.training.strategy import select_strategy  # noqa: F401  (re-exported
 from tfface.training.trainer import FaceTrainer
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-PLUGIN_KEYS = {"name", "weight", "warmup_epochs", "options", "optimizer"}
+PLUGIN_KEYS = {"name", "weight", "warmup_epochs", "options", "optimizer", "enabled"}
+GATE_KEYS = {"name", "options", "enabled"}
 
 
 def build_optimizer(spec: Dict[str, Any], learning_rate, key: str = "optimizer") -> keras.optimizers.Optimizer:
@@ -67,6 +68,19 @@ def _build_plugin(registry, spec: Dict[str, Any], key: str, steps_per_epoch: int
     )
 
 
+def is_enabled(spec: Any, key: str) -> bool:
+    """False when a plug-in entry (regularizer, branch, gate) is switched off with `enabled: false`."""
+    enabled = spec.get("enabled", True) if isinstance(spec, dict) else True
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{key}.enabled must be true or false, got {enabled!r}")
+    return enabled
+
+
+def enabled_entries(entries: Sequence[Any], key: str) -> List[Tuple[int, Any]]:
+    """(index, entry) of the entries of list `key` (regularizers, branches) that are enabled."""
+    return [(index, spec) for index, spec in enumerate(entries) if is_enabled(spec, f"{key}[{index}]")]
+
+
 def input_shape_for(config: Dict[str, Any], description: Dict[str, Any]) -> Sequence[int]:
     """(H, W, 3) fed to the backbone: crop size, else resize size, else the stored image size."""
     data = config["data"]
@@ -96,17 +110,20 @@ def _build_trainer(
     epochs = config["train"]["epochs"]
     regularizers = [
         _build_plugin(REGULARIZERS, spec, f"regularizers[{index}]", steps_per_epoch)
-        for index, spec in enumerate(config["regularizers"])
+        for index, spec in enabled_entries(config["regularizers"], "regularizers")
     ]
     branches = []
-    for index, spec in enumerate(config["branches"]):
+    for index, spec in enabled_entries(config["branches"], "branches"):
         optimizer = _branch_optimizer(spec, f"branches[{index}]", precision)
         branches.append(_build_plugin(BRANCHES, spec, f"branches[{index}]", steps_per_epoch, optimizer=optimizer))
     gate = None
-    if config["gate"]:
+    if config["gate"] and is_enabled(config["gate"], "gate"):
         gate_spec = config["gate"]
         if "name" not in gate_spec:
             raise ConfigError(f"gate: needs a 'name', got {gate_spec!r}")
+        unknown = set(gate_spec) - GATE_KEYS
+        if unknown:
+            raise ConfigError(f"gate: unknown key(s) {', '.join(sorted(unknown))} for '{gate_spec['name']}'")
         gate = GATES.build(gate_spec["name"], **gate_spec.get("options", {}))
     trainer = FaceTrainer(
         backbone, head, regularizers=regularizers, branches=branches, gate=gate, frozen=config["train"]["freeze"]

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
@@ -62,9 +62,9 @@ DEFAULTS: Dict[str, Any] = {
         "decay": 0.1,
         "min_learning_rate": 0.0,  # cosine: floor
     },
-    "regularizers": [],  # list of {name, weight, warmup_epochs, options}
-    "branches": [],  # list of {name, weight, warmup_epochs, optimizer, options}
-    "gate": None,  # {name, options}
+    "regularizers": [],  # list of {name, weight, warmup_epochs, options, enabled}
+    "branches": [],  # list of {name, weight, warmup_epochs, optimizer, options, enabled}
+    "gate": None,  # {name, options, enabled}
     "evaluation": {
         "pairs_dir": None,  # an LFW-layout folder with pairs.txt, verified every `every_epochs`
         "every_epochs": 1,
@@ -80,6 +80,11 @@ STAGE_KEYS = {"name", "epochs", "freeze", "identity_loss", "plugins"}
 
 # Keys whose values are free-form maps or lists of maps checked by the code that consumes them.
 OPEN_KEYS = {"backbone.options", "head.options", "regularizers", "branches", "gate"}
+
+# Plug-in lists. Every entry (and the gate) takes `enabled: false` to leave it out of the run, so one config can hold
+# every method and the command line switches each off: `--set branches.aprn.enabled=false --set gate.enabled=false`
+# (an entry is addressed by its name or its index).
+PLUGIN_LISTS = {"regularizers", "branches"}
 
 
 def _merge(base: Dict[str, Any], update: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -112,16 +117,38 @@ def parse_override(text: str) -> Dict[str, Any]:
 
 
 def _set_dotted(config: Dict[str, Any], override: Dict[str, Any], prefix: str = "") -> None:
-    """Applies one parsed override; inside OPEN_KEYS maps the keys are set as given."""
+    """Applies one parsed override; inside OPEN_KEYS maps the keys are set as given; in the PLUGIN_LISTS an entry is
+    addressed by its name or index (`branches.aprn.enabled=false`, `regularizers.0.weight=2`)."""
     for key, value in override.items():
         path = f"{prefix}{key}"
         inside_open = any(prefix.startswith(f"{open_key}.") for open_key in OPEN_KEYS)
         if key not in config and not inside_open:
             raise ConfigError(f"unknown config key '{path}'")
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
+        if isinstance(value, dict) and path in PLUGIN_LISTS and isinstance(config.get(key), list):
+            for entry_key, entry_value in value.items():
+                index = _plugin_index(config[key], str(entry_key), path)
+                if isinstance(entry_value, dict) and isinstance(config[key][index], dict):
+                    _set_dotted(config[key][index], entry_value, prefix=f"{path}.{entry_key}.")
+                else:
+                    config[key][index] = entry_value
+        elif isinstance(value, dict) and isinstance(config.get(key), dict):
             _set_dotted(config[key], value, prefix=f"{path}.")
         else:
             config[key] = value
+
+
+def _plugin_index(entries: List[Any], key: str, path: str) -> int:
+    """Index of the entry of list `path` named `key` (its `name`), or `key` itself when it is an index."""
+    if key.isdigit():
+        if int(key) >= len(entries):
+            raise ConfigError(f"'{path}.{key}': {path} has {len(entries)} entries")
+        return int(key)
+    matches = [index for index, entry in enumerate(entries) if isinstance(entry, dict) and entry.get("name") == key]
+    if len(matches) != 1:
+        names = [entry.get("name") for entry in entries if isinstance(entry, dict)]
+        found = "several entries" if matches else "no entry"
+        raise ConfigError(f"'{path}.{key}': {found} named '{key}' in {path} (entries: {', '.join(map(str, names))})")
+    return matches[0]
 
 
 def _read_yaml(path: str, seen: tuple = ()) -> Dict[str, Any]:
