@@ -60,9 +60,10 @@ def memory_bytes(
 
 def memory_table(num_classes: int, embedding_size: int, global_batch: int, replicas: int, sample_rate: float) -> str:
     """Markdown table of `memory_bytes` for the full FC and Partial FC, GiB per replica."""
+    partial = memory_bytes(num_classes, embedding_size, global_batch, replicas, sample_rate)
     rows = [
         ("full FC", memory_bytes(num_classes, embedding_size, global_batch, replicas)),
-        (f"Partial FC, rate {sample_rate:g}", memory_bytes(num_classes, embedding_size, global_batch, replicas, sample_rate)),
+        (f"Partial FC, rate {sample_rate:g}", partial),
     ]
     keys = ("parameters", "optimizer_state", "gradients", "logits", "total")
     lines = [
