@@ -1,6 +1,7 @@
 """Partial FC: equal to the full margin head at sample rate 1.0 (one device and two replicas), sampled softmax at
 lower rates, sharded training through FaceTrainer, checkpoints, and clear errors."""
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -8,12 +9,16 @@ import pytest
 import tensorflow as tf
 
 from tfface import backbones
+from tfface.data.schema import make_example
+from tfface.data.writer import ShardedTFRecordWriter
 from tfface.heads import PartialFCHead, get_head
 from tfface.training import FaceTrainer
 from tfface.training.strategy import mirrored_strategy
+from trainers.train import main as train_main
 
 D = 6
 INPUT_SHAPE = (16, 16, 3)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def problem(num_classes, labels, seed=0):
@@ -265,3 +270,23 @@ def test_bad_options_and_unsupported_uses_are_clear_errors():
     trainer.build_all(INPUT_SHAPE)
     with pytest.raises(ValueError, match="trains its centre shards with SGD; got optimizer 'Adam'"):
         trainer.train_on_batch(make_batch())
+
+
+def test_shipped_partial_fc_fp16_config_trains_through_the_cli(tmp_path):
+    """arcface_partial_fc_fp16.yaml with a tiny backbone and data: 2 replicas (the test's logical CPUs), loss
+    scaling, sharded centres; the work dir's head.weights.npz holds the joined centres [D, C]."""
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    with ShardedTFRecordWriter(data, prefix="train", examples_per_shard=16) as writer:
+        for index in range(32):
+            writer.write(make_example(rng.integers(0, 255, size=(20, 20, 3)).astype(np.uint8), index % 6))
+    overrides = [
+        "backbone.name=tiny", f"backbone.options={{embedding_size: {D}}}", f"data.train={data}",
+        "data.image_size=[16, 16]", "data.shuffle_buffer=32", "train.epochs=1", "train.steps_per_epoch=2",
+        "train.batch_size=8", "train.verbose=2", "schedule.warmup_epochs=0", f"work_dir={tmp_path / 'run'}",
+    ]
+    config = str(REPO / "trainers" / "configs" / "arcface_partial_fc_fp16.yaml")
+    assert train_main(["--config", config, *[item for o in overrides for item in ("--set", o)]]) == 0
+    with np.load(tmp_path / "run" / "head.weights.npz") as archive:
+        assert archive["arr_0"].shape == archive["arr_1"].shape == (D, 6) and int(archive["arr_2"]) == 2
+        assert np.all(np.isfinite(archive["arr_0"]))
