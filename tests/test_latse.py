@@ -405,7 +405,8 @@ def test_config_builds(name, latse_runs, noisy_data, tmp_path):
     config = load_config(str(REPO / "trainers" / "configs" / name), [
         "backbone.name=tiny", f"backbone.options={json.dumps(BACKBONE_OPTIONS)}", f"data.train={noisy_data}",
         "data.image_size=null", "data.crop_size=[16, 16]", "data.shuffle_buffer=8", "train.batch_size=8",
-        "train.epochs=1", "train.steps_per_epoch=1", "train.strategy=default", f"work_dir={tmp_path / 'run'}",
+        "train.epochs=1", "train.steps_per_epoch=1", "train.strategy=default", "evaluation.pairs_dir=null",
+        f"work_dir={tmp_path / 'run'}",
     ])
     if config["gate"]:
         config["gate"]["options"]["teacher"] = str(teacher_dir)
