@@ -88,10 +88,12 @@ def _memory_gib() -> Dict[str, float]:
 
 
 def configure_replicas(replicas: int) -> None:
-    """Splits the CPU into `replicas` logical devices (before TensorFlow initialises; a no-op when it already has
-    at least that many)."""
+    """Without GPUs, splits the CPU into `replicas` logical devices (before TensorFlow initialises; a no-op when it
+    already has at least that many)."""
     import tensorflow as tf
 
+    if tf.config.list_physical_devices("GPU"):
+        return
     cpu = tf.config.list_physical_devices("CPU")[0]
     configured = tf.config.get_logical_device_configuration(cpu) or []
     if len(configured) < replicas and replicas > 1:
@@ -102,9 +104,9 @@ def live_steps(
     head: str, num_classes: int, embedding_size: int, global_batch: int, sample_rate: float, replicas: int,
     steps: int = 3,
 ) -> Dict[str, float]:
-    """Builds the head (Partial FC or full ArcFace) under `replicas` logical CPUs and runs `steps` SGD steps on
-    random embeddings; returns the median step seconds (after the first, traced, step), the last loss and the
-    process memory (GiB) after building and at the end."""
+    """Builds the head (Partial FC or full ArcFace) over `replicas` GPUs (else logical CPUs) and runs `steps` SGD
+    steps on random embeddings; returns the median step seconds (after the first, traced, step), the last loss, the
+    process memory (GiB) after building and at the end, and on GPUs the peak GPU memory per device (GiB)."""
     import keras
     import tensorflow as tf
 
@@ -115,7 +117,10 @@ def live_steps(
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     if global_batch % replicas:
         raise ValueError(f"batch {global_batch} must be divisible by the {replicas} replicas")
-    devices = [device.name for device in tf.config.list_logical_devices("CPU")][:replicas]
+    devices = [device.name for device in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
+    if len(devices) < replicas:
+        raise ValueError(f"{replicas} replicas asked for, {len(devices)} devices visible")
+    devices = devices[:replicas]
     strategy = mirrored_strategy(devices) if replicas > 1 else tf.distribute.get_strategy()
     with strategy.scope():
         layer = PartialFCHead(num_classes, sample_rate=sample_rate) if head == "partial" else ArcFaceHead(num_classes)
@@ -153,7 +158,11 @@ def live_steps(
         loss = float(step_function(tf.constant(step, tf.int64)))
         durations.append(time.perf_counter() - started)
     timed = durations[1:] or durations
-    return {"step_seconds": statistics.median(timed), "loss": loss, "built": built, "end": _memory_gib()}
+    result = {"step_seconds": statistics.median(timed), "loss": loss, "built": built, "end": _memory_gib()}
+    if "GPU" in devices[0].upper():
+        peaks = [tf.config.experimental.get_memory_info(name.split("device:")[-1])["peak"] for name in devices]
+        result["gpu_peak_gib"] = [peak / GIB for peak in peaks]
+    return result
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -202,6 +211,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{described}: step {result['step_seconds']:.2f} s (median after the first), loss {result['loss']:.3f}; "
         f"resident {result['built']['VmRSS']:.2f} GiB after building, {result['end']['VmRSS']:.2f} GiB at the end, "
         f"peak {result['end']['VmHWM']:.2f} GiB"
+        + (f"; GPU peak {', '.join(f'{gib:.2f}' for gib in result['gpu_peak_gib'])} GiB" if "gpu_peak_gib" in result
+           else "")
     )
     return 0
 
