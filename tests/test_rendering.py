@@ -251,6 +251,30 @@ def test_warp_of_a_rotated_sphere_matches_ray_tracing():
         assert np.asarray(valid)[index][well_inside].min() == 1.0
 
 
+def test_nearer_surface_occludes_the_one_behind_it():
+    """A raised block (left half, 0.9 m) beside a low floor (right half, 1 m, through the rotation centre).
+
+    Yaw -10 degrees swings the block's edge (canonical pixel 31 at 0.9 m) to the right, over the floor: by hand it is
+    seen at u = 31.5 + f x' / (1 + z') with (x', z') = Ry (x, -0.1), x = -0.5 * 0.9 / f. The view must show the block
+    (white) up to there, although the floor's own points map to those pixels too, and the floor (black) after it.
+    """
+    yaw = math.radians(-10.0)
+    depth = np.where(np.arange(64) <= 31, 0.9, 1.0)[None, None, :].repeat(64, axis=1).astype(np.float32)
+    image = (np.arange(64) <= 31).astype(np.float32)[None, None, :, None].repeat(64, axis=1)
+    view, valid = r.warp_to_view(image, depth, [[0.0, yaw, 0.0]], [[0.0, 0.0, 0.0]])
+    x = -0.5 * 0.9 / FOCAL_64
+    edge_x = x * math.cos(yaw) + math.sin(yaw) * -0.1
+    edge_z = -x * math.sin(yaw) + math.cos(yaw) * -0.1
+    edge_u = 31.5 + FOCAL_64 * edge_x / (1.0 + edge_z)
+    assert 37.0 < edge_u < 39.0
+    row = np.asarray(view)[0, 20, :, 0]
+    assert row[: int(edge_u) - 1].min() > 0.99
+    assert row[int(edge_u) + 2:].max() < 0.01
+    valid_row = np.asarray(valid)[0, 20]
+    assert valid_row[10: int(edge_u) - 1].min() == 1.0 and valid_row[int(edge_u) + 2: 60].min() == 1.0
+    assert valid_row[:4].max() == 0.0  # the block moved right: these rays start left of the canonical image
+
+
 def test_forward_map_sends_canonical_pixels_where_the_warp_shows_them():
     rng = np.random.default_rng(3)
     depth = (0.95 + 0.02 * rng.uniform(size=(1, 4, 4))).astype(np.float32)

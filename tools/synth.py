@@ -100,7 +100,7 @@ def save_preview(path, rendered: dict) -> None:
         axis.set_yticks([])
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
+    figure.savefig(path, dpi=70)
     plt.close(figure)
 
 
@@ -131,7 +131,9 @@ def main(argv=None) -> int:
     if test["identities"]:
         print(f"test: {test['images']} images of {test['identities']} identities, pairs "
               f"{test['pairs']['folds']} x {test['pairs']['pairs_per_fold']} -> {args.out}/test/pairs.txt")
-    print(f"{summary['images_per_second']} images/s; preview: {preview_path}")
+    print(f"{train['images'] + test['images']} images in {summary['seconds']} s, {summary['images_per_second']} images/s "
+          f"(with tracing and XLA compilation; python -m tools.bench_synth times rendering alone); "
+          f"preview: {preview_path}")
     return 0
 
 

@@ -64,6 +64,7 @@ _HAIR_COLOURS = np.array([[0.06, 0.05, 0.04], [0.22, 0.14, 0.08], [0.42, 0.28, 0
 _IRIS_COLOURS = np.array([[0.30, 0.17, 0.08], [0.18, 0.10, 0.05], [0.25, 0.42, 0.60], [0.30, 0.45, 0.28],
                           [0.45, 0.40, 0.25]])
 _TEXTURE_WAVES = 6
+_NOISE_KEYS = ("noise_std", "noise_seed")  # view entries applied in numpy after rendering
 _ALPHA_EDGE = 0.02  # q units
 _RECEDE_SLOPE = 10.0  # how fast the surface falls behind the head outside its outline (see _dome)
 
@@ -379,7 +380,7 @@ def _grid_q(size: int):
     return tf.constant(qx.reshape(1, -1)), tf.constant(qy.reshape(1, -1))
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _canonical_maps(p, c, size):
     """Canonical depth [N, size, size] (metres), albedo [N, size, size, 3] and silhouette [N, size, size].
 
@@ -427,7 +428,7 @@ def _render_batch(p: dict, v: dict, size: int, march_steps: int) -> dict:
     }
 
 
-_render_compiled = tf.function(_render_batch)  # shared by all renderers: traced once per batch shape and options
+_render_compiled = tf.function(_render_batch, autograph=False)  # shared by all renderers: traced once per batch shape and options
 
 
 class SynthFaceRenderer:
@@ -453,23 +454,31 @@ class SynthFaceRenderer:
         if identities.shape != images.shape or identities.ndim != 1 or identities.size == 0:
             raise ValueError(f"identities and images must be non-empty 1-D sequences of one length, got "
                              f"{identities.shape} and {images.shape}")
-        chunks = [self._render_chunk(seed, identities[start:start + self.batch_size], images[start:start + self.batch_size])
+        views = [sample_view(seed, identity, image, self.options) for identity, image in zip(identities, images)]
+        return self.render_views(seed, identities, views)
+
+    def render_views(self, seed: int, identities, views: list) -> dict:
+        """Like `render`, with the nuisances given: views[i] is a `sample_view` dict (edit it to pose a face)."""
+        identities = np.asarray(identities, np.int64)
+        if identities.ndim != 1 or identities.size == 0 or identities.size != len(views):
+            raise ValueError(f"identities must be a non-empty 1-D sequence as long as views, got {identities.shape} "
+                             f"and {len(views)} views")
+        chunks = [self._render_chunk(seed, identities[start:start + self.batch_size],
+                                     views[start:start + self.batch_size])
                   for start in range(0, identities.size, self.batch_size)]
         return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
-    def _render_chunk(self, seed, identities, images) -> dict:
+    def _render_chunk(self, seed, identities, views) -> dict:
         count = identities.size
         padded = np.arange(self.batch_size) % count  # repeat keys to fill the batch; the copies are dropped
-        views = [sample_view(seed, identity, image, self.options)
-                 for identity, image in zip(identities[padded], images[padded])]
-        noise = [(view.pop("noise_std"), view.pop("noise_seed")) for view in views]
-        identity_params = _stack([sample_identity(seed, identity) for identity in identities[padded]])
-        view_params = _stack(views)
+        identity_params = _stack([sample_identity(seed, identities[i]) for i in padded])
+        view_params = _stack([{key: value for key, value in views[i].items() if key not in _NOISE_KEYS}
+                              for i in padded])
         rendered = {key: value.numpy()[:count] for key, value in _render_compiled(
             identity_params, view_params, self.options.image_size, self.options.march_steps).items()}
         noisy = np.stack([
-            image + std * np.random.default_rng(noise_seed).normal(size=image.shape)
-            for image, (std, noise_seed) in zip(rendered["image"], noise)
+            image + view["noise_std"] * np.random.default_rng(view["noise_seed"]).normal(size=image.shape)
+            for image, view in zip(rendered["image"], views)
         ])
         view_params = {key: value[:count] for key, value in view_params.items()}
         direction = np.stack([view_params["l_dx"], view_params["l_dy"], np.ones(count, np.float32)], -1)

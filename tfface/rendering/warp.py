@@ -93,7 +93,7 @@ def _ray_at(ray, view_depth):
     return (x + view_depth * dx) / w_at, (y + view_depth * dy) / w_at, z + view_depth * dz
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _gap(canonical_depth, ray, view_depth):
     """-> canonical pixel coordinates u, v and depth behind the canonical surface [N, H, W] of the ray points at
     view_depth (>= 0: behind). Compiled with XLA (fused arithmetic and gathers; differentiable)."""
@@ -101,21 +101,25 @@ def _gap(canonical_depth, ray, view_depth):
     return u, v, depth - _depth_samplers(canonical_depth)[0](u, v)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _march(canonical_depth, ray, near_limit, step, march_steps):
     """Steps the rays through the canonical height field at view depths near_limit + k step (k < march_steps) ->
     (index [N, H, W] of the first step behind the surface, found [N, H, W]: some step is behind it and the first is
     not). Nearest depth; compiled with XLA, which fuses each step's arithmetic and gather (~10x less CPU time)."""
     sample_nearest_depth = _depth_samplers(canonical_depth)[1]
-    in_front = ops.ones_like(ray[0], dtype="bool")  # every step so far was in front of the surface
-    first_behind = ops.zeros_like(ray[0], dtype="int32")
-    for k in range(march_steps):
-        u, v, depth = _ray_at(ray, near_limit + k * step)
-        behind = depth >= sample_nearest_depth(u, v)
-        if k == 0:
-            starts_in_front = ops.logical_not(behind)
-        in_front = ops.logical_and(in_front, ops.logical_not(behind))
-        first_behind = first_behind + ops.cast(in_front, "int32")
+
+    def is_behind(k):
+        u, v, depth = _ray_at(ray, near_limit + ops.cast(k, canonical_depth.dtype) * step)
+        return depth >= sample_nearest_depth(u, v)
+
+    def next_step(k, state):
+        in_front, first_behind = state  # in_front: every step so far was in front of the surface
+        in_front = ops.logical_and(in_front, ops.logical_not(is_behind(k)))
+        return in_front, first_behind + ops.cast(in_front, "int32")
+
+    starts_in_front = ops.logical_not(is_behind(0))
+    in_front, first_behind = ops.fori_loop(1, march_steps, next_step,
+                                           (starts_in_front, ops.cast(starts_in_front, "int32")))
     return first_behind, ops.logical_and(starts_in_front, ops.logical_not(in_front))
 
 
