@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfface import backbones, heads
 from tfface.branches import BRANCHES
-from tfface.branches.aprn import AdversarialPoseRegression, l1_distance
+from tfface.branches.aprn import AdversarialPoseRegression, five_points_tensor, l1_distance
 from tfface.branches.mean_landmarks import (
     frontal_mean_landmarks,
     load_mean_landmarks,
@@ -100,6 +100,25 @@ def test_l1_distance_against_numpy():
     predicted, target = rng.normal(size=(4, 5, 2)), rng.normal(size=(1, 5, 2))
     expected = np.abs(predicted - target).sum(axis=(1, 2))
     np.testing.assert_allclose(l1_distance(predicted, target).numpy(), expected, rtol=1e-6)
+
+
+def test_five_points_of_68_point_data_and_mean():
+    rng = np.random.default_rng(2)
+    landmarks68 = rng.uniform(0.1, 0.9, size=(8, 68, 2)).astype(np.float32)
+    np.testing.assert_allclose(five_points_tensor(landmarks68).numpy(), five_from_68(landmarks68), atol=1e-6)
+    mean68 = rng.uniform(0.1, 0.9, size=(68, 2))
+    branch = AdversarialPoseRegression(
+        mean_landmarks=mean68.tolist(), stage="stage2", channels=[4], five_points=True,
+        optimizer=keras.optimizers.SGD(0.0),
+    )
+    trainer = make_trainer(branch)
+    np.testing.assert_allclose(branch.mean_landmarks.numpy(), five_from_68(mean68), atol=1e-6)
+    batch = {**make_batch(), "landmarks": landmarks68}
+    features = trainer.backbone(batch["image"], training=True)["stage2"]
+    predicted = branch.discriminator(features, training=True).numpy()
+    logs = one_step(trainer, batch)
+    expected = np.abs(predicted - five_from_68(landmarks68)).sum(axis=(1, 2)).mean()
+    np.testing.assert_allclose(logs["aprn_adversary_loss"], expected, rtol=1e-5)
 
 
 def test_registered_with_paper_defaults():

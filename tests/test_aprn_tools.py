@@ -166,13 +166,15 @@ def test_landmark_probe_finds_landmarks_where_the_features_hold_them():
     keras.utils.set_random_seed(0)
     train, test = landmark_faces(256, seed=1), landmark_faces(64, seed=2)
     results = pose_probes.landmark_probe(
-        fake_backbone(), train, test, stages=("stem", "stage4"), channels=(16,), epochs=25, batch_size=32,
+        fake_backbone(), train, test, stages=("stem", "stage4"), width_multiplier=1 / 32, epochs=25, batch_size=32,
         learning_rate=3e-3,
     )
     # zero features: the probe can only output a constant, no better than the per-coordinate median
     best_constant = np.abs(test.landmarks - np.median(train.landmarks, axis=0)).sum(axis=(1, 2)).mean()
     assert results["stage4"]["l1"] >= 0.95 * best_constant
-    assert results["stem"]["l1"] < 0.5 * results["stage4"]["l1"]
+    np.testing.assert_allclose(results["stage4"]["relative_l1"], results["stage4"]["l1"] / best_constant, rtol=1e-5)
+    assert results["stage4"]["relative_l1"] == pytest.approx(1.0, abs=0.02)  # started at the median, learnt nothing
+    assert results["stem"]["relative_l1"] < 0.75
     np.testing.assert_allclose(results["stem"]["pixel_error"], results["stem"]["l1"] / 10 * 8, rtol=1e-5)
 
 
@@ -246,7 +248,7 @@ def test_probe_tools_report_every_stage_and_the_svm(runs, pose_data, tmp_path, c
     baseline, _ = runs
     out = tmp_path / "landmarks.json"
     assert probe_landmarks.main([str(baseline), "--data", str(data_dir), "--prefix", "train", "--epochs", "2",
-                                 "--channels", "8", "--out", str(out)]) == 0
+                                 "--width-multiplier", "0.004", "--out", str(out)]) == 0
     stages = json.loads(out.read_text())["stages"]
     assert list(stages) == ["stem", "stage1", "stage2", "stage3", "stage4"]
     assert all(np.isfinite(numbers["l1"]) and numbers["l1"] > 0 for numbers in stages.values())
@@ -265,10 +267,10 @@ def test_aprn_compare_tabulates_the_runs_on_one_split(runs, pose_data, tmp_path,
     out = tmp_path / "compare.json"
     assert aprn_compare.main([
         "--runs", f"baseline={baseline}", f"aprn={aprn}", "--data", str(data_dir), "--prefix", "train",
-        "--epochs", "1", "--channels", "8", "--pairs", "40", "--out", str(out),
+        "--fit-prefix", "train", "--epochs", "1", "--width-multiplier", "0.004", "--pairs", "40", "--out", str(out),
     ]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| run | pose-probe SVM val (train) | stage4 landmark-probe L1 |")
+    assert table[0].startswith("| run | pose-probe SVM val (train) | stage4 landmark-probe L1 (relative) |")
     assert [line.split(" | ")[0] for line in table[2:]] == ["| baseline", "| aprn"]
     results = json.loads(out.read_text())["results"]
     assert results["baseline"]["pose_probe"]["num_test"] == results["aprn"]["pose_probe"]["num_test"]

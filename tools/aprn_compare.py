@@ -3,9 +3,10 @@
     python -m tools.aprn_compare --data data/synth_wide --prefix test \\
         --runs baseline=runs/synth_baseline aprn=runs/synth_aprn --out docs/aprn_synth.json
 
-For each run (NAME=WORK_DIR): the linear-SVM frontal/profile accuracy on held-out identities (tools.probe_pose),
-the landmark-probe L1 error per face on the chosen stages (tools.probe_landmarks; Table 3), and the 10-fold
-verification accuracy on frontal-profile pairs. Every run sees the same faces, identity split, pairs and seeds.
+For each run (NAME=WORK_DIR): the linear-SVM frontal/profile accuracy on held-out identities of --prefix
+(tools.probe_pose), the landmark-probe L1 error per face on the chosen stages, fitted on --fit-prefix and evaluated
+on --prefix (tools.probe_landmarks; Table 3), and the 10-fold verification accuracy on frontal-profile pairs of
+--prefix. Every run sees the same faces, identity split, pairs and seeds.
 Prints a Markdown table; --out also writes every number as JSON.
 """
 import argparse
@@ -23,6 +24,7 @@ from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation.pose_probes import (  # noqa: E402
     cross_pose_verification,
     embed,
+    fit_and_test_sets,
     landmark_probe,
     load_run_backbone,
     pose_classes,
@@ -50,25 +52,30 @@ def evaluate_run(work_dir: str, args: argparse.Namespace) -> Dict:
         raise ConfigError(f"{args.data}/{args.prefix}: the probes need landmarks (and pose or landmark symmetry)")
     classes = pose_classes(faces.yaw, args.frontal_max, args.profile_min)
     held_out = split_by_identity(faces.labels, args.holdout, args.seed)
+    fit, test = fit_and_test_sets(args.data, args.fit_prefix, args.prefix, args.holdout, args.seed,
+                                  data.get("image_size"), data.get("crop_size"))
     keras.utils.set_random_seed(args.seed)
     return {
         "pose_probe": pose_probe(embed(backbone, faces.images_facing_one_side()), classes, held_out, seed=args.seed),
         "landmark_probe": landmark_probe(
-            backbone, faces.subset(~held_out), faces.subset(held_out), stages=args.stages, channels=args.channels,
-            epochs=args.epochs, seed=args.seed,
+            backbone, fit, test, stages=args.stages, width_multiplier=args.width_multiplier, epochs=args.epochs,
+            seed=args.seed,
         ),
         "cross_pose": cross_pose_verification(backbone, faces, classes, args.pairs, args.seed),
     }
 
 
 def markdown_table(results: Dict[str, Dict], stages: List[str]) -> str:
-    header = ["run", "pose-probe SVM val (train)"] + [f"{stage} landmark-probe L1" for stage in stages]
+    header = ["run", "pose-probe SVM val (train)"] + [f"{stage} landmark-probe L1 (relative)" for stage in stages]
     header.append("frontal-profile verification")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in results.items():
         pose, cross = result["pose_probe"], result["cross_pose"]
         cells = [name, f"{pose['val_accuracy']:.3f} ({pose['train_accuracy']:.3f})"]
-        cells += [f"{result['landmark_probe'][stage]['l1']:.4f}" for stage in stages]
+        cells += [
+            f"{result['landmark_probe'][stage]['l1']:.3f} ({result['landmark_probe'][stage]['relative_l1']:.3f})"
+            for stage in stages
+        ]
         cells.append(f"{cross['accuracy_mean']:.4f} +- {cross['accuracy_std']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -83,12 +90,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.aprn_compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, metavar="NAME=WORK_DIR")
     parser.add_argument("--data", required=True, help="TFRecord folder with landmarks and pose")
-    parser.add_argument("--prefix", default="test", help="data set prefix (default test)")
+    parser.add_argument("--prefix", default="test", help="the evaluated faces (default test)")
+    parser.add_argument("--fit-prefix", default="train", help="faces the landmark regressors are fitted on")
     parser.add_argument("--frontal-max", type=float, default=15.0)
     parser.add_argument("--profile-min", type=float, default=45.0)
     parser.add_argument("--holdout", type=float, default=0.5, help="fraction of identities the probes test on")
     parser.add_argument("--stages", nargs="+", default=["stage4"], choices=STAGE_KEYS)
-    parser.add_argument("--channels", type=int, nargs="+", default=[32], help="landmark regressor conv widths")
+    parser.add_argument("--width-multiplier", type=float, default=1 / 32,
+                        help="landmark regressors: times Table 1's widths")
     parser.add_argument("--epochs", type=int, default=20, help="landmark regressor epochs")
     parser.add_argument("--pairs", type=int, default=1000, help="frontal-profile verification pairs")
     parser.add_argument("--seed", type=int, default=0)

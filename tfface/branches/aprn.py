@@ -6,8 +6,8 @@ Eq. 2, the adversarial regression loss, with D the pose discriminator on stage R
   reaches the backbone up to the chosen stage and nothing else.
 l: the image's landmarks (batch["landmarks"], (x / w, y / h) of the input image, [N, M, 2]); l_mean: the mean
 landmarks of frontal training faces [M, 2] (tools.mean_landmarks). ||.||_1 sums |.| over the 2M coordinates, per
-example. D always normalises with batch statistics (training mode, as in both of the paper's steps); its moving
-statistics are never read (D is dropped at export).
+example. D starts out predicting l_mean (its FC bias) and always normalises with batch statistics (training mode,
+in both of the paper's steps); its moving statistics are never read (D is dropped at export).
 
 Ablations of Eq. 3 (`objective`): "part1" min_{D,R'} ||D(R'(x)) - l||_1 and "part2" min_{D,R'} ||D(R'(x)) - l_mean||_1,
 each a cooperative loss trained jointly by D and the backbone, with no adversary phase.
@@ -18,12 +18,30 @@ import keras
 import tensorflow as tf
 
 from tfface.backbones.blocks import STAGE_KEYS
+from tfface.data.landmarks import (
+    IBUG68_LEFT_EYE,
+    IBUG68_MOUTH_LEFT,
+    IBUG68_MOUTH_RIGHT,
+    IBUG68_NOSE_TIP,
+    IBUG68_RIGHT_EYE,
+    five_from_68,
+)
 from tfface.branches import BRANCHES
 from tfface.branches.mean_landmarks import check_mean_landmarks, load_mean_landmarks
 from tfface.branches.pose_discriminator import PoseDiscriminator, default_channels
 from tfface.training.plugins import Branch, StepContext
 
 OBJECTIVES = ("adversarial", "part1", "part2")
+
+
+def five_points_tensor(landmarks: tf.Tensor) -> tf.Tensor:
+    """iBUG 68 points [N, 68, 2] -> the 5-point set [N, 5, 2] (eye centres, nose tip, mouth corners), as
+    tfface.data.landmarks.five_from_68 does it in numpy."""
+    landmarks = keras.ops.convert_to_tensor(landmarks)
+    left_eye = keras.ops.mean(keras.ops.take(landmarks, IBUG68_LEFT_EYE, axis=1), axis=1)
+    right_eye = keras.ops.mean(keras.ops.take(landmarks, IBUG68_RIGHT_EYE, axis=1), axis=1)
+    points = keras.ops.take(landmarks, [IBUG68_NOSE_TIP, IBUG68_MOUTH_LEFT, IBUG68_MOUTH_RIGHT], axis=1)
+    return keras.ops.concatenate([left_eye[:, None], right_eye[:, None], points], axis=1)
 
 
 def l1_distance(predicted: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
@@ -45,6 +63,8 @@ class AdversarialPoseRegression(Branch):
     update_every: the R' step runs on every k-th optimizer step, the D step on every step (k D updates per R'
       update, Goodfellow et al.'s k).
     num_landmarks: M; read from mean_landmarks when given.
+    five_points: M = 5, the 5-point set (eye centres, nose tip, mouth corners) of 68-point data and l_mean, so
+      that alpha weighs 10 coordinates whatever the annotation (the L1 sum, and its push, grow with M).
     optimizer: D's own optimizer; required by the adversarial objective (D must not follow the main loss).
     """
 
@@ -59,6 +79,7 @@ class AdversarialPoseRegression(Branch):
         sync_batchnorm: bool = False,
         update_every: int = 1,
         num_landmarks: Optional[int] = None,
+        five_points: bool = False,
         weight: float = 0.2,
         warmup_steps: int = 0,
         optimizer: Optional[keras.optimizers.Optimizer] = None,
@@ -77,6 +98,11 @@ class AdversarialPoseRegression(Branch):
                 f"map (e.g. {{name: sgd, learning_rate: 0.01}})"
             )
         self.mean_landmarks_values = self._read_mean_landmarks(mean_landmarks, objective, name)
+        self.five_points = bool(five_points)
+        if self.five_points:
+            num_landmarks = 5
+            if self.mean_landmarks_values is not None and len(self.mean_landmarks_values) == 68:
+                self.mean_landmarks_values = five_from_68(self.mean_landmarks_values).astype("float32")
         if self.mean_landmarks_values is not None:
             if num_landmarks is not None and num_landmarks != len(self.mean_landmarks_values):
                 raise ValueError(
@@ -110,7 +136,7 @@ class AdversarialPoseRegression(Branch):
             raise ValueError(f"{self.name}: the backbone has no feature map '{self.stage}'; it has {sorted(features_spec)}")
         self.discriminator = PoseDiscriminator(
             self.num_landmarks, self.channels, strides=self.strides, sync_batchnorm=self.sync_batchnorm,
-            name=f"{self.name}_discriminator",
+            initial_landmarks=self.mean_landmarks_values, name=f"{self.name}_discriminator",
         )
         self.discriminator.build((None, *features_spec[self.stage]))
         if self.mean_landmarks_values is not None:
@@ -138,6 +164,8 @@ class AdversarialPoseRegression(Branch):
         if "landmarks" not in context.batch:
             raise ValueError(f"{self.name}: the batch has no 'landmarks'; add landmarks to data.features")
         landmarks = context.batch["landmarks"]
+        if self.five_points and landmarks.shape[-2] == 68:
+            landmarks = five_points_tensor(landmarks)
         if landmarks.shape[-2] != self.num_landmarks:
             raise ValueError(
                 f"{self.name}: the data has {landmarks.shape[-2]} landmarks per face, the branch "

@@ -9,6 +9,7 @@ any map of at least 1x1 works.
 from typing import Optional, Sequence
 
 import keras
+import numpy as np
 
 from tfface.backbones.blocks import BN_EPSILON, BN_MOMENTUM, STAGE_KEYS
 
@@ -37,7 +38,8 @@ class PoseDiscriminator(keras.Model):
     """Feature map [N, h, w, c] -> landmarks [N, M, 2] float32.
 
     channels: widths of the Conv3x3-BN-ReLU blocks; strides: their stride (Table 1: 2, Table 4: 1);
-    sync_batchnorm: all-reduce the batch statistics across tf.distribute replicas.
+    sync_batchnorm: all-reduce the batch statistics across tf.distribute replicas;
+    initial_landmarks: [M, 2] the FC bias starts at (so D starts as that constant prediction), default zeros.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class PoseDiscriminator(keras.Model):
         channels: Sequence[int],
         strides: int = 2,
         sync_batchnorm: bool = False,
+        initial_landmarks=None,
         name: Optional[str] = None,
         **kwargs,
     ):
@@ -71,7 +74,13 @@ class PoseDiscriminator(keras.Model):
             ]
         self.pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool")
         self.flatten = keras.layers.Flatten(name="flatten")
-        self.fc = keras.layers.Dense(2 * self.num_landmarks, name="fc")
+        bias = "zeros"
+        if initial_landmarks is not None:
+            initial = np.asarray(initial_landmarks, np.float32)
+            if initial.shape != (self.num_landmarks, 2):
+                raise ValueError(f"initial_landmarks must be [{self.num_landmarks}, 2], got {list(initial.shape)}")
+            bias = keras.initializers.Constant(initial.reshape(-1))
+        self.fc = keras.layers.Dense(2 * self.num_landmarks, bias_initializer=bias, name="fc")
 
     def build(self, input_shape):
         shape = tuple(input_shape)

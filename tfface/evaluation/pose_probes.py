@@ -1,8 +1,10 @@
 """How much pose a trained face model keeps (APRN, paper 000), and how it verifies across poses.
 
-- Landmark probe (its Table 3): the backbone frozen, one small landmark regressor per stage (the pose discriminator
-  of tfface.branches, Conv3x3-BN-ReLU, max-pool, FC) trained with the L1 loss on some identities' faces; its error
-  on the other identities says how precisely each stage's features locate the landmarks (high error = little pose).
+- Landmark probe (its Table 3): the backbone frozen, one landmark regressor per stage shaped as Table 1's estimator
+  for that stage (the pose discriminator of tfface.branches: stride-2 Conv3x3-BN-ReLU blocks, more of them on
+  shallower stages, max-pool, FC), trained with the L1 loss on some faces; its error on faces of other identities
+  says how precisely each stage's features locate the landmarks (high error = little pose), also relative to the
+  best constant prediction (the training faces' per-coordinate median).
 - Pose probe (its ablation study): a linear SVM separating frontal from profile embeddings; held-out accuracy, with
   balanced classes (chance 0.5).
 - Cross-pose verification: pairs of one frontal and one profile face (half of the same identity), 10-fold accuracy.
@@ -25,7 +27,7 @@ from sklearn.svm import LinearSVC
 from tfface.backbones.blocks import STAGE_KEYS
 from tfface.branches.aprn import l1_distance
 from tfface.branches.mean_landmarks import symmetry_yaw
-from tfface.branches.pose_discriminator import PoseDiscriminator
+from tfface.branches.pose_discriminator import PoseDiscriminator, default_channels
 from tfface.data.pipeline import make_dataset
 from tfface.data.writer import read_description
 from tfface.evaluation.embeddings import flip_test_embeddings, l2_normalize
@@ -100,6 +102,18 @@ def split_by_identity(labels, holdout: float, seed: int = 0) -> np.ndarray:
     return np.isin(labels, held_out)
 
 
+def fit_and_test_sets(
+    data_dir, fit_prefix: str, prefix: str, holdout: float, seed: int = 0, image_size=None, crop_size=None
+) -> Tuple[ProbeSet, ProbeSet]:
+    """(faces a probe is fitted on, faces it is tested on): `fit_prefix` and `prefix` of `data_dir`, or, when they
+    are the same set, its identities split (`holdout` of them tested)."""
+    test = read_probe_set(data_dir, prefix, image_size, crop_size)
+    if fit_prefix != prefix:
+        return read_probe_set(data_dir, fit_prefix, image_size, crop_size), test
+    held_out = split_by_identity(test.labels, holdout, seed)
+    return test.subset(~held_out), test.subset(held_out)
+
+
 def embed(backbone: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Embeddings [N, D] float32 of normalised images [N, H, W, 3], inference mode."""
     chunks = [
@@ -114,15 +128,18 @@ def landmark_probe(
     train: ProbeSet,
     test: ProbeSet,
     stages: Sequence[str] = STAGE_KEYS,
-    channels: Sequence[int] = (32,),
+    width_multiplier: float = 1 / 32,
     epochs: int = 20,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     seed: int = 0,
 ) -> Dict[str, Dict[str, float]]:
-    """Table 3: per stage, a regressor on the frozen backbone's feature map, trained on `train` with the L1 loss
-    (Adam), evaluated on `test`. Returns {stage: {"l1": mean L1 error per face, "pixel_error": mean |error| per
-    coordinate in pixels of the input image, "train_l1": the same L1 on the training faces}}."""
+    """Table 3: per stage, a regressor on the frozen backbone's feature map (Table 1's widths for the stage times
+    `width_multiplier`), trained on `train` with the L1 loss (Adam), evaluated on `test`.
+
+    Returns {stage: {"l1": mean L1 error per face, "relative_l1": l1 / that of the best constant, "pixel_error":
+    mean |error| per coordinate in pixels of the input image, "train_l1": l1 on the training faces}}.
+    """
     for name, probe_set in (("train", train), ("test", test)):
         if probe_set.landmarks is None:
             raise ValueError(f"landmark probe: the {name} faces have no landmarks")
@@ -130,10 +147,14 @@ def landmark_probe(
     if unknown:
         raise ValueError(f"landmark probe: unknown stage(s) {unknown}; available: {', '.join(STAGE_KEYS)}")
     num_landmarks = train.landmarks.shape[1]
+    median = np.median(train.landmarks, axis=0)  # the best constant prediction under L1, where the regressors start
     shapes = {name: value.shape[1:] for name, value in backbone(train.images[:1], training=False).items()}
     regressors = {}
     for stage in stages:
-        regressors[stage] = PoseDiscriminator(num_landmarks, channels, name=f"probe_{stage}")
+        regressors[stage] = PoseDiscriminator(
+            num_landmarks, default_channels(stage, width_multiplier), initial_landmarks=median,
+            name=f"probe_{stage}",
+        )
         regressors[stage].build((None, *shapes[stage]))
     variables = [variable for regressor in regressors.values() for variable in regressor.trainable_variables]
     optimizer = keras.optimizers.Adam(learning_rate)
@@ -166,9 +187,11 @@ def landmark_probe(
 
     image_size = np.array([train.images.shape[2], train.images.shape[1]], np.float64)  # (w, h)
     test_errors, train_errors = errors(test), errors(train)
+    constant_l1 = np.abs(test.landmarks - median).sum(axis=(1, 2)).mean()
     return {
         stage: {
             "l1": float(np.abs(test_errors[stage]).sum(axis=(1, 2)).mean()),
+            "relative_l1": float(np.abs(test_errors[stage]).sum(axis=(1, 2)).mean() / constant_l1),
             "pixel_error": float(np.abs(test_errors[stage] * image_size).mean()),
             "train_l1": float(np.abs(train_errors[stage]).sum(axis=(1, 2)).mean()),
         }
