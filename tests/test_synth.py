@@ -89,6 +89,7 @@ def test_every_example_stores_its_ground_truth(dataset):
         assert OPTIONS.ambient[0] <= k_a <= OPTIONS.ambient[1] and OPTIONS.diffuse[0] <= k_d <= OPTIONS.diffuse[1]
         assert np.linalg.norm(direction) == pytest.approx(1.0, abs=1e-5) and direction[2] > 0
         assert tuple(example["depth"].shape) == (64, 64) and tuple(example["albedo"].shape) == (64, 64, 3)
+        assert example["depth"].numpy().min() > 0.0  # the nearest point (nose tip) stays inside DEPTH_RANGE
 
 
 def test_label_noise_rate_and_true_labels():

@@ -52,7 +52,7 @@ FIVE_POINT_INDICES = (30, 48, 54)
 LIGHT_FIELDS = ("k_a", "k_d", "l_x", "l_y", "l_z")
 
 _HALF_FOV_TAN = math.tan(math.radians(FOV_DEGREES) / 2.0)
-_EDGE_SOFTNESS = 0.012  # width (q units) of the soft edges of albedo regions and the head outline: ~0.4 px at 64 px
+_EDGE_SOFTNESS = 0.012  # width (q units) of the soft edges of albedo regions: ~0.4 px at 64 px
 
 # Random streams: separate generators so that, e.g., changing the label noise leaves the images unchanged.
 _IDENTITY_STREAM, _VIEW_STREAM, _LABEL_STREAM, _COUNT_STREAM, _PAIR_STREAM, _ORDER_STREAM = range(6)
@@ -65,7 +65,7 @@ _IRIS_COLOURS = np.array([[0.30, 0.17, 0.08], [0.18, 0.10, 0.05], [0.25, 0.42, 0
                           [0.45, 0.40, 0.25]])
 _TEXTURE_WAVES = 6
 _NOISE_KEYS = ("noise_std", "noise_seed")  # view entries applied in numpy after rendering
-_ALPHA_EDGE = 0.02  # q units
+_ALPHA_EDGE = 0.02  # width (q units) of the silhouette's linear edge: ~0.6 px at 64 px
 _RECEDE_SLOPE = 10.0  # how fast the surface falls behind the head outside its outline (see _dome)
 
 
@@ -117,7 +117,7 @@ def sample_identity(seed: int, identity: int) -> dict:
     u = rng.uniform
     p = {}
     p["head_ax"], p["head_ay"], p["head_cy"] = u(0.56, 0.68), u(0.74, 0.86), u(-0.06, 0.02)
-    p["head_depth"] = u(0.7, 0.9)
+    p["head_depth"] = u(0.55, 0.7)
     p["neck_w"] = p["head_ax"] * u(0.55, 0.7)
     p["eye_y"], p["eye_dx"] = p["head_cy"] + u(-0.14, -0.06), u(0.22, 0.28)
     p["eye_w"], p["eye_h"] = u(0.085, 0.11), u(0.032, 0.045)
@@ -125,11 +125,11 @@ def sample_identity(seed: int, identity: int) -> dict:
     p["brow_gap"], p["brow_arch"], p["brow_thick"] = u(0.1, 0.15), u(0.015, 0.045), u(0.018, 0.032)
     p["brow_ridge"] = u(0.03, 0.08)
     p["nose_y"] = p["eye_y"] + u(0.26, 0.34)
-    p["nose_height"], p["nose_w"], p["bridge_height"] = u(0.22, 0.36), u(0.06, 0.09), u(0.08, 0.16)
+    p["nose_height"], p["nose_w"], p["bridge_height"] = u(0.2, 0.3), u(0.06, 0.09), u(0.08, 0.16)
     p["mouth_y"] = p["nose_y"] + u(0.18, 0.24)
     p["mouth_w"], p["lip_up"], p["lip_low"] = u(0.14, 0.2), u(0.022, 0.035), u(0.03, 0.045)
     p["lip_height"] = u(0.03, 0.06)
-    p["chin_height"], p["cheek_height"], p["cheek_y"] = u(0.05, 0.11), u(0.03, 0.08), u(0.08, 0.16)
+    p["chin_height"], p["cheek_height"], p["cheek_dy"] = u(0.05, 0.11), u(0.03, 0.08), u(-0.01, 0.07)
     tone = u(0.0, 1.0)
     p["skin"] = np.clip(_SKIN_DARK + tone * (_SKIN_LIGHT - _SKIN_DARK) + rng.normal(0.0, 0.025, 3), 0.05, 1.0)
     p["blush"] = u(0.0, 0.12)
@@ -228,8 +228,8 @@ def _face_height(qx, qy, c):
         + c["brow_ridge"] * _gaussian(qx, qy, 0.0, c["brow_y"] + 0.02, 0.32, 0.05)
         - c["socket_depth"] * (_gaussian(qx, qy, -c["eye_dx"], c["eye_y"], 0.09, 0.06)
                                + _gaussian(qx, qy, c["eye_dx"], c["eye_y"], 0.09, 0.06))
-        + c["cheek_height"] * (_gaussian(qx, qy, -0.32, c["nose_y"] - c["cheek_y"] + 0.15, 0.13, 0.12)
-                               + _gaussian(qx, qy, 0.32, c["nose_y"] - c["cheek_y"] + 0.15, 0.13, 0.12))
+        + c["cheek_height"] * (_gaussian(qx, qy, -0.32, c["nose_y"] + c["cheek_dy"], 0.13, 0.12)
+                               + _gaussian(qx, qy, 0.32, c["nose_y"] + c["cheek_dy"], 0.13, 0.12))
         + c["lip_height"] * _gaussian(qx, qy, 0.0, c["mouth_y"], c["mouth_w"] * 0.8, 0.05)
         - 0.6 * c["gap"] * _gaussian(qx, qy, 0.0, c["mouth_y"], c["mouth_w"] * 0.7, 0.03)
         + c["chin_height"] * _gaussian(qx, qy, 0.0, c["head_cy"] + 0.88 * c["head_ay"], 0.13, 0.07)
@@ -272,7 +272,6 @@ def _brow_y(qx, side, c):
 def _albedo(qx, qy, c, p):
     """Canonical albedo [N, P, 3] in [0, 1]."""
     col = {key: _column(p, key, 1) for key in ("skin", "hair", "iris", "lips")}
-    qx3, qy3 = qx[..., None], qy[..., None]
     frequency = tf.convert_to_tensor(p["texture_frequency"], tf.float32)  # [N, K, 2]
     phase = tf.convert_to_tensor(p["texture_phase"], tf.float32)  # [N, K]
     waves = tf.cos(qx[:, :, None] * frequency[:, None, :, 0] + qy[:, :, None] * frequency[:, None, :, 1]
