@@ -23,6 +23,9 @@ Ground truth per image (as stored by `generate`, see `tfface.data.schema`):
 - light: (k_a, k_d, l_x, l_y, l_z), l the unit light direction of `tfface.rendering.light_direction`.
 - depth: the canonical depth at 64x64 as (z - 0.9) / 0.2 in [0, 1]; albedo: canonical albedo [64, 64, 3] in [0, 1].
 
+Limits: the face is a height field seen from the front, so beyond about 45 degrees of yaw the head looks narrow (it
+has no back) and the side turned toward the camera shows the stretched colours of its outline.
+
 Determinism: every random draw comes from numpy generators keyed by (seed, stream, identity, image), so an image does
 not depend on batching or on which other images are generated.
 """
