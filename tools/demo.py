@@ -125,8 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         timings[name] = round(time.time() - begun, 1)
         return result
 
-    step("1/5 SynthFaces: generating the embedded default data set (preview with landmarks, depth and albedo: "
-         f"{out / 'samples.png'})", generate_data, data_dir, out / "samples.png", args)
+    step("1/5 SynthFaces: generating the embedded default data set", generate_data, data_dir, out / "samples.png", args)
     last_epoch = step("2/5 training a small backbone with ArcFace", train_model, data_dir, run_dir, args)
     version_dir = step("3/5 exporting the inference SavedModel", export_model, run_dir, model_dir)
     verification = step("4/5 10-fold verification on held-out identities", evaluate_model, version_dir, data_dir,
