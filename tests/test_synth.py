@@ -11,6 +11,7 @@ from tfface.data import schema
 from tfface.data import synth
 from tfface.data.writer import read_description
 from tfface.evaluation.readers import read_lfw_pairs
+from tools import bench_synth
 from tools import synth as synth_tool
 
 SIZE = 32
@@ -233,6 +234,12 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
                            (["--test-identities", "1"], "--test-identities"), (["--image-size", "8"], "--image-size")):
         assert synth_tool.main(base + extra) == 2
         assert message in capsys.readouterr().err
+
+
+def test_bench_prints_the_generation_rate(capsys):
+    assert bench_synth.main(["--image-size", str(SIZE), "--batch-size", str(BATCH), "--batches", "1"]) == 0
+    assert "images per CPU-second" in capsys.readouterr().out
+    assert bench_synth.main(["--batches", "0"]) == 2
 
 
 def test_options_reject_bad_values():
