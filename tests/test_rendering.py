@@ -78,6 +78,19 @@ def test_rotation_rejects_bad_shape():
         r.euler_to_matrix(np.zeros((4, 2)))
 
 
+def test_viewpoint_rotates_about_the_centre_then_translates_and_inverts():
+    rng = np.random.default_rng(5)
+    points = rng.uniform(-0.1, 0.1, (2, 7, 3)) + [0.0, 0.0, 1.0]
+    angles, translation = rng.uniform(-0.5, 0.5, (2, 3)), rng.uniform(-0.02, 0.02, (2, 3))
+    view = np.asarray(r.to_view(points, angles, translation, rotation_center_depth=0.95))
+    center = np.array([0.0, 0.0, 0.95])
+    for n, (pitch, yaw, roll) in enumerate(angles):
+        expected = (points[n] - center) @ (_rz(roll) @ _ry(yaw) @ _rx(pitch)).T + center + translation[n]
+        np.testing.assert_allclose(view[n], expected, atol=1e-12)
+    np.testing.assert_allclose(r.to_canonical(view, angles, translation, rotation_center_depth=0.95), points,
+                               atol=1e-12)
+
+
 # ---------------------------------------------------------------- camera
 
 
