@@ -17,7 +17,7 @@ def test_train_comparison_runs_every_combination_and_writes_a_markdown_table(tmp
     ]
     assert bench_train.main(argv) == 0
     lines = out.read_text().strip().splitlines()
-    assert lines[0] == "| backbone | head | precision | batch | device | images/s | step ms |"
+    assert lines[0] == "| backbone | head | precision | batch | device | images/s | step ms | images per CPU-s |"
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
     assert [(row[1], row[2]) for row in rows] == [
         ("softmax", "float32"), ("softmax", "mixed_bfloat16"), ("partial_fc", "float32"),
@@ -25,9 +25,9 @@ def test_train_comparison_runs_every_combination_and_writes_a_markdown_table(tmp
     ]
     for row in rows:
         assert row[0] == "tiny" and row[3] == "4" and "1 replica(s)" in row[4]
-        assert float(row[5]) > 0 and float(row[6]) > 0
+        assert float(row[5]) > 0 and float(row[6]) > 0 and float(row[7]) > 0
         assert math.isclose(float(row[5]), 4 / (float(row[6]) / 1000), rel_tol=0.1)
-    assert capsys.readouterr().out.strip().endswith(lines[-1])
+    assert capsys.readouterr().out.strip().splitlines() == lines
 
 
 def test_train_bench_rejects_unknown_names(capsys):

@@ -14,7 +14,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,7 +27,7 @@ from tfface.training import FaceTrainer  # noqa: E402
 from tfface.training.precision import PRECISIONS, precision_scope, wrap_optimizer  # noqa: E402
 from tfface.training.strategy import STRATEGIES, select_strategy  # noqa: E402
 
-TABLE_COLUMNS = ("backbone", "head", "precision", "batch", "device", "images/s", "step ms")
+TABLE_COLUMNS = ("backbone", "head", "precision", "batch", "device", "images/s", "step ms", "images per CPU-s")
 
 
 def device_name() -> str:
@@ -43,7 +43,9 @@ def benchmark(
     backbone: str, head: str, batch: int, size=(112, 112), classes: int = 1000, warmup: int = 3, steps: int = 10,
     strategy: str = "auto", precision: str = "float32", head_options: Optional[Dict] = None,
 ) -> Dict[str, float]:
-    """Times `steps` training steps after `warmup` ones; returns images/s (median), step seconds and replicas.
+    """Times `steps` training steps after `warmup` ones; returns images/s and step seconds (medians of wall time),
+    images per CPU-second (this process's CPU time over the timed steps: what the step costs however busy the
+    machine is) and the replica count.
 
     The model is built under `precision` (see tfface.training.precision); SGD with momentum and weight decay, loss
     scaled under mixed_float16.
@@ -67,22 +69,30 @@ def benchmark(
     iterator = iter(dataset)
     step = tf.function(lambda batch_: distribution.run(trainer.train_step, args=(batch_,)))
     durations: List[float] = []
+    cpu_seconds = 0.0
     for index in range(warmup + steps):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         logs = step(next(iterator))
         float(distribution.reduce("mean", logs["loss"], axis=None))  # waits for the step to finish
         if index >= warmup:
             durations.append(time.perf_counter() - started)
+            cpu_seconds += time.process_time() - started_cpu
     median = statistics.median(durations)
-    return {"images_per_second": batch / median, "step_seconds": median, "replicas": distribution.num_replicas_in_sync}
+    return {
+        "images_per_second": batch / median,
+        "step_seconds": median,
+        "images_per_cpu_second": batch * steps / cpu_seconds,
+        "replicas": distribution.num_replicas_in_sync,
+    }
 
 
 def compare(
     backbone_names: Sequence[str], head_names: Sequence[str], precisions: Sequence[str], batches: Sequence[int],
-    head_options: Optional[Dict[str, Dict]] = None, **common,
+    head_options: Optional[Dict[str, Dict]] = None, report: Optional[Callable[[Dict], None]] = None, **common,
 ) -> List[Dict]:
     """`benchmark` for every backbone x head x precision x batch; one row dict per combination (with "error" when
-    it failed). head_options: options per head name; common: the other `benchmark` arguments."""
+    it failed), also handed to `report` as soon as it is measured. head_options: options per head name; common:
+    the other `benchmark` arguments."""
     rows = []
     device = device_name()
     for backbone, head, precision, batch in itertools.product(backbone_names, head_names, precisions, batches):
@@ -97,20 +107,27 @@ def compare(
             row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         keras.backend.clear_session()
         rows.append(row)
+        if report is not None:
+            report(row)
     return rows
 
 
+TABLE_HEADER = "| " + " | ".join(TABLE_COLUMNS) + " |\n|" + "---|" * len(TABLE_COLUMNS)
+
+
+def markdown_row(row: Dict) -> str:
+    """One row of `compare` as a Markdown table line (TABLE_COLUMNS; a failed row shows its error)."""
+    if "error" in row:
+        measured = [f"failed: {row['error']}", "", ""]
+    else:
+        seconds = row["step_seconds"]
+        measured = [f"{row['images_per_second']:.1f}", f"{seconds * 1000:.0f}", f"{row['images_per_cpu_second']:.2f}"]
+    cells = [row["backbone"], row["head"], row["precision"], str(row["batch"]), row["device"], *measured]
+    return "| " + " | ".join(cells) + " |"
+
+
 def markdown_table(rows: Sequence[Dict]) -> str:
-    """The rows of `compare` as a Markdown table (TABLE_COLUMNS; a failed row shows its error)."""
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for row in rows:
-        if "error" in row:
-            measured = [f"failed: {row['error']}", ""]
-        else:
-            measured = [f"{row['images_per_second']:.1f}", f"{row['step_seconds'] * 1000:.0f}"]
-        cells = [row["backbone"], row["head"], row["precision"], str(row["batch"]), row["device"], *measured]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([TABLE_HEADER, *(markdown_row(row) for row in rows)])
 
 
 def _check_names(kind: str, names: Sequence[str], known: Sequence[str]) -> None:
@@ -151,10 +168,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             _check_names("backbone(s)", args.backbones, backbones.available())
             _check_names("head(s)", args.heads, heads.available())
             _check_names("precision(s)", args.precisions, PRECISIONS)
-            table = markdown_table(
-                compare(args.backbones, args.heads, args.precisions, args.batches, head_options, **common)
+            print(TABLE_HEADER, flush=True)
+            rows = compare(
+                args.backbones, args.heads, args.precisions, args.batches, head_options,
+                report=lambda row: print(markdown_row(row), flush=True), **common,
             )
-            print(table)
+            table = markdown_table(rows)
             if args.markdown:
                 with open(args.markdown, "w") as handle:
                     handle.write(table + "\n")
@@ -169,7 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(
         f"{args.backbone} + {args.head}, {args.precision}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "
         f"{args.classes} classes, {device_name()} x{result['replicas']}: {result['images_per_second']:.1f} images/s "
-        f"(median step {result['step_seconds'] * 1000:.0f} ms over {args.steps} steps)"
+        f"(median step {result['step_seconds'] * 1000:.0f} ms over {args.steps} steps), "
+        f"{result['images_per_cpu_second']:.2f} images per CPU-second"
     )
     return 0
 
