@@ -1,5 +1,6 @@
 """3D-BERL bypass: decoders and rendering by hand, the aux nets' layouts, gradient routing, stages, MirroredStrategy."""
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,7 +15,7 @@ from tfface.branches.bypass3d import (
     decode_depth,
     decode_light,
     decode_view,
-    masked_l1,
+    reconstruction_l1,
     render,
     to_unit_pixels,
 )
@@ -22,9 +23,11 @@ from tfface.branches.image_nets import parameter_encoder
 from tfface.branches.reconstruction_nets import canonical_map_net
 from tfface.rendering import intrinsics_from_fov
 from tfface.training import FaceTrainer
+from tfface.training.config import load_config
 from tfface.training.plugins import StepContext
 from tfface.training.strategy import mirrored_strategy
 
+CONFIGS = Path(__file__).resolve().parents[1] / "trainers" / "configs"
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 4
 SMALL = {"map_size": 8, "ira_width": 4, "code_size": 8, "iia_width": 4, "march_steps": 2,
@@ -80,12 +83,11 @@ def test_decoders_follow_their_formulas():
                                atol=1e-6)
 
 
-def test_masked_l1_by_hand():
+def test_reconstruction_l1_by_hand():
     image = np.zeros((2, 2, 2, 3), np.float32)
-    target = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3) / 10.0
-    valid = np.array([[[1, 0], [1, 1]], [[0, 0], [0, 0]]], np.float32)
-    expected_first = (target[0, 0, 0].sum() + target[0, 1, 0].sum() + target[0, 1, 1].sum()) / 9.0
-    np.testing.assert_allclose(masked_l1(image, target, valid), [expected_first, 0.0], rtol=1e-6)
+    target = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3) / 10.0 - 1.0
+    expected = [np.abs(target[0]).sum() / 12.0, np.abs(target[1]).sum() / 12.0]  # 0.45, 0.75
+    np.testing.assert_allclose(reconstruction_l1(image, target), expected, rtol=1e-6)
 
 
 def test_flat_face_renders_the_hand_computed_lambertian_image_and_gradients():
@@ -108,15 +110,13 @@ def test_flat_face_renders_the_hand_computed_lambertian_image_and_gradients():
     np.testing.assert_allclose(gradients, albedo.sum() * np.array([1.0, 1.0 / r, -0.6 * 0.4 / r**3]), rtol=1e-4)
 
 
-def test_masked_l1_gradient_is_the_sign_of_the_error_over_the_counted_pixels():
+def test_reconstruction_l1_gradient_is_the_sign_of_the_error_over_the_pixel_count():
     rng = np.random.default_rng(3)
     image = tf.Variable(rng.uniform(size=(1, 3, 3, 3)).astype(np.float32))
     target = rng.uniform(size=(1, 3, 3, 3)).astype(np.float32)
-    valid = (rng.uniform(size=(1, 3, 3)) > 0.4).astype(np.float32)
     with tf.GradientTape() as tape:
-        loss = masked_l1(image, target, valid)[0]
-    expected = np.sign(image.numpy() - target) * valid[..., None] / (3.0 * valid.sum())
-    np.testing.assert_allclose(tape.gradient(loss, image), expected, rtol=1e-6)
+        loss = reconstruction_l1(image, target)[0]
+    np.testing.assert_allclose(tape.gradient(loss, image), np.sign(image.numpy() - target) / 27.0, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -174,8 +174,11 @@ def test_recon_loss_reaches_the_aux_nets_and_stages_1_to_3_only():
     assert len(after) >= 4 and len(before) >= 8 and len(after) + len(before) == len(kernels)
     for path in after:
         assert gradients[path] is None or not np.any(gradients[path].numpy()), path
-    for path in before + [v.path for v in branch.cooperative_variables()]:
+    for path in before:
         assert gradients[path] is not None and np.any(gradients[path].numpy()), path
+    for net in (branch.view_net, branch.light_net, branch.depth_net, branch.albedo_net):
+        reached = [np.any(gradients[v.path].numpy()) for v in net.trainable_variables if gradients[v.path] is not None]
+        assert any(reached), net.name  # (zero-initialised heads pass gradient to their own kernel first)
 
 
 def test_identity_loss_and_its_update_beyond_stage3_do_not_change_with_the_branch():
@@ -253,3 +256,31 @@ def test_mirrored_step_equals_single_device_step():
     mirrored.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
     for mine, theirs in zip(mirrored.get_weights(), single.get_weights()):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+def test_depth_size_decodes_a_coarser_depth_resized_to_the_map():
+    branch = make_bypass(map_size=16, depth_size=8)
+    trainer = make_trainer(branches=[branch])
+    batch = make_batch(size=2)
+    assert branch.depth_net.output_shape == (None, 8, 8, 1)
+    result = branch.reconstruct(batch["image"], trainer.backbone(batch["image"]))
+    assert result["depth"].shape == (2, 16, 16) and result["albedo"].shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(result["depth"], 1.0, atol=1e-6)  # zero-initialised output: the flat start
+    with pytest.raises(ValueError, match="depth_size 32 must not exceed map_size 16"):
+        make_bypass(map_size=16, depth_size=32)
+    with pytest.raises(ValueError, match="depth_size must be a power of two >= 8, got 12"):
+        make_bypass(map_size=16, depth_size=12)
+
+
+@pytest.mark.parametrize("name", ["bypass3d_curricularface", "bypass3d_synth", "bypass3d_synth_tiny", "bypass3d_yaleb"])
+def test_configs_follow_the_three_stage_recipe(name):
+    config = load_config(str(CONFIGS / f"{name}.yaml"))
+    stages = config["train"]["stages"]
+    assert [stage["name"] for stage in stages] == ["fr", "aux", "joint"]
+    assert [stage["plugins"] for stage in stages] == [[], ["bypass3d"], ["bypass3d"]]
+    assert stages[1]["freeze"] == ["backbone", "head"] and stages[1]["identity_loss"] is False
+    assert config["optimizer"]["name"] == "sgd" and config["optimizer"]["momentum"] == 0.9
+    (entry,) = config["branches"]
+    assert entry["name"] == "bypass3d" and entry["optimizer"]["name"] == "adam" and entry["weight"] == 1.0
+    assert config["data"]["flip"] is False or name == "bypass3d_curricularface"
+    Bypass3D(name="bypass3d", **entry["options"])  # every option is one the branch takes

@@ -18,9 +18,12 @@ Units and ranges (Unsup3D's): pixels in [0, 1]; depth in metres within [min_dept
 mean removed before the tanh, so the nets set relief, not distance); camera with a `fov_degrees` field of view;
 rotations about (0, 0, 1 m) up to `max_rotation_degrees`; translations up to `max_translation` metres; k_a, k_d in
 [0, 1]; l_dx, l_dy in [-1, 1] (light (l_dx, l_dy, 1) normalised; see tfface.rendering.shading for its sign).
+The output layers of Phi_w and Phi_d start at zero: training starts from the canonical view and a flat depth at 1 m
+(random depth ripples would shade as noise). Phi_l's starts random: with a flat depth and light from the camera
+too, shading's gradients with respect to the light and the depth slopes would both vanish.
 """
 import math
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -84,14 +87,13 @@ def render(depth, albedo, light: Dict[str, tf.Tensor], angles, translation, K, m
     return {"normals": normals, "canonical": canonical, "image": image, "valid": valid}
 
 
-def masked_l1(image, target, valid):
-    """Per-example mean |image - target| over the valid pixels: image, target [N, H, W, C], valid [N, H, W] -> [N].
+def reconstruction_l1(image, target):
+    """Eq. 6 per example: mean |image - target| over pixels and channels, [N, H, W, C] each -> [N].
 
-    Pixels where the warp found no surface (`valid` 0) do not count (as in Unsup3D); an image with none scores 0.
+    Every pixel counts, also those where the warp found no surface (they show the sample at the unresolved source):
+    a mean over the valid pixels only would let the view net shrink them to nothing and the loss with them.
     """
-    error = ops.sum(ops.abs(image - target) * valid[..., None], axis=(1, 2, 3))
-    counted = ops.sum(valid, axis=(1, 2)) * image.shape[-1]
-    return error / ops.maximum(counted, 1.0)
+    return ops.mean(ops.abs(image - target), axis=(1, 2, 3))
 
 
 @BRANCHES.register("bypass3d")
@@ -102,6 +104,7 @@ class Bypass3D(Branch):
     reconstruction (64); fov_degrees: camera field of view (10); min_depth, max_depth: depth range in metres
     (0.9, 1.1); max_rotation_degrees (60) and max_translation (x, y, z metres; 0.1 each): ranges of Phi_w;
     ira_width, code_size: Unsup3D's nf (64) and code size (256) of Phi_d, Phi_a; iia_width: nf of Phi_w, Phi_l (32);
+    depth_size: side of the depth Phi_d decodes, resized (bicubic) to map_size (default: map_size, the paper's);
     march_steps, refine_steps: ray-marching and root-refining steps of the warp (16, 6).
     """
 
@@ -119,6 +122,7 @@ class Bypass3D(Branch):
         iia_width: int = 32,
         march_steps: int = 16,
         refine_steps: int = 6,
+        depth_size: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -136,6 +140,12 @@ class Bypass3D(Branch):
         self.max_translation = tuple(float(value) for value in max_translation)
         self.ira_width, self.code_size, self.iia_width = int(ira_width), int(code_size), int(iia_width)
         self.march_steps, self.refine_steps = int(march_steps), int(refine_steps)
+        self.depth_size = self.map_size if depth_size is None else int(depth_size)
+        for key, value in (("map_size", self.map_size), ("depth_size", self.depth_size)):
+            if value < 8 or value & (value - 1):
+                raise ValueError(f"bypass3d: {key} must be a power of two >= 8, got {value}")
+        if self.depth_size > self.map_size:
+            raise ValueError(f"bypass3d: depth_size {self.depth_size} must not exceed map_size {self.map_size}")
         self.intrinsics = rendering.intrinsics_from_fov(self.fov_degrees, self.map_size, self.map_size)
 
     def build_for(self, features_spec: Dict[str, tuple], head) -> None:
@@ -147,11 +157,13 @@ class Bypass3D(Branch):
             raise ValueError(f"bypass3d: feature '{self.feature}' must be a feature map [h, w, c], got {feature_shape}")
         size, width = self.map_size, self.iia_width
         self.view_net = parameter_encoder(VIEW_OUTPUTS, size, width, name=f"{self.name}_phi_w")
-        self.light_net = parameter_encoder(LIGHT_OUTPUTS, size, width, name=f"{self.name}_phi_l")
-        map_options = {"map_size": size, "width": self.ira_width, "code_size": self.code_size}
-        self.depth_net = canonical_map_net(feature_shape, 1, name=f"{self.name}_phi_d", **map_options)
-        self.albedo_net = canonical_map_net(feature_shape, 3, output_activation="tanh", name=f"{self.name}_phi_a",
-                                            **map_options)
+        self.light_net = parameter_encoder(LIGHT_OUTPUTS, size, width, head_initializer="glorot_uniform",
+                                           name=f"{self.name}_phi_l")
+        map_options = {"width": self.ira_width, "code_size": self.code_size}
+        self.depth_net = canonical_map_net(feature_shape, 1, map_size=self.depth_size, output_initializer="zeros",
+                                           name=f"{self.name}_phi_d", **map_options)
+        self.albedo_net = canonical_map_net(feature_shape, 3, map_size=size, output_activation="tanh",
+                                            name=f"{self.name}_phi_a", **map_options)
         self.built = True
 
     def cooperative_variables(self):
@@ -160,26 +172,39 @@ class Bypass3D(Branch):
     def _nets(self):
         return [self.view_net, self.light_net, self.depth_net, self.albedo_net]
 
+    def resize(self, images):
+        """Normalised images [N, H, W, 3] -> [N, m, m, 3] at m = map_size (what IIA reads and L_recon compares)."""
+        return tf.image.resize(ops.cast(images, "float32"), (self.map_size, self.map_size), antialias=True)
+
+    def nuisances(self, resized) -> Dict[str, tf.Tensor]:
+        """IIA on resized images [N, m, m, 3] -> {"angles", "translation" [N, 3]; "ambient", "diffuse", "l_dx",
+        "l_dy" [N]} (ranges in the module docstring)."""
+        angles, translation = decode_view(self.view_net(resized), self.max_rotation_degrees, self.max_translation)
+        return {"angles": angles, "translation": translation, **decode_light(self.light_net(resized))}
+
     def reconstruct(self, images, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """images [N, H, W, 3] normalised, features the backbone's outputs -> every factor and the reconstruction:
 
         "target" [N, m, m, 3] (the input resized to m = map_size, in [0, 1]); "depth" [N, m, m] metres; "albedo"
-        [N, m, m, 3]; "angles", "translation" [N, 3]; "ambient", "diffuse", "l_dx", "l_dy" [N]; "normals",
-        "canonical" (I_c), "image" (I_hat) and "valid" as `render`; "l1" [N] (Eq. 6 per example).
+        [N, m, m, 3]; the `nuisances`; "normals", "canonical" (I_c), "image" (I_hat) and "valid" as `render`;
+        "l1" [N] (Eq. 6 per example).
         """
-        size = (self.map_size, self.map_size)
-        resized = tf.image.resize(ops.cast(images, "float32"), size, antialias=True)
-        angles, translation = decode_view(self.view_net(resized), self.max_rotation_degrees, self.max_translation)
-        light = decode_light(self.light_net(resized))
+        resized = self.resize(images)
+        nuisances = self.nuisances(resized)
+        light = {key: nuisances[key] for key in ("ambient", "diffuse", "l_dx", "l_dy")}
+        angles, translation = nuisances["angles"], nuisances["translation"]
         feature_map = features[self.feature]
         depth = decode_depth(self.depth_net(feature_map)[..., 0], self.min_depth, self.max_depth)
+        if self.depth_size != self.map_size:
+            size = (self.map_size, self.map_size)
+            depth = tf.image.resize(depth[..., None], size, method="bicubic")[..., 0]
         albedo = decode_albedo(self.albedo_net(feature_map))
         rendered = render(depth, albedo, light, angles, translation, self.intrinsics, self.march_steps,
                           self.refine_steps)
         target = to_unit_pixels(resized)
         return {
-            "target": target, "depth": depth, "albedo": albedo, "angles": angles, "translation": translation,
-            **light, **rendered, "l1": masked_l1(rendered["image"], target, rendered["valid"]),
+            "target": target, "depth": depth, "albedo": albedo, **nuisances, **rendered,
+            "l1": reconstruction_l1(rendered["image"], target),
         }
 
     def loss(self, context: StepContext):

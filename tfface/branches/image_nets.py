@@ -10,10 +10,12 @@ import math
 import keras
 
 
-def parameter_encoder(num_outputs: int, image_size: int = 64, width: int = 32, name: str = "parameter_encoder"):
+def parameter_encoder(num_outputs: int, image_size: int = 64, width: int = 32, head_initializer="zeros",
+                      name: str = "parameter_encoder"):
     """A keras.Sequential: float32 [N, image_size, image_size, 3] -> [N, num_outputs] in (-1, 1).
 
-    image_size: a power of two >= 8 (the image is halved down to 4x4); width: channels of the first conv.
+    image_size: a power of two >= 8 (the image is halved down to 4x4); width: channels of the first conv;
+    head_initializer: of the Conv-Tanh head's kernel ("zeros": every output starts at 0, e.g. the canonical view).
     """
     if num_outputs < 1:
         raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
@@ -30,7 +32,8 @@ def parameter_encoder(num_outputs: int, image_size: int = 64, width: int = 32, n
     layers += [
         keras.layers.Conv2D(width * 8, 4, padding="valid", use_bias=False, activation="relu",
                             name=f"{name}_conv{halvings + 1}"),
-        keras.layers.Conv2D(num_outputs, 1, activation="tanh", name=f"{name}_head"),
+        keras.layers.Conv2D(num_outputs, 1, activation="tanh", kernel_initializer=head_initializer,
+                            name=f"{name}_head"),
         keras.layers.Flatten(name=f"{name}_flatten"),
     ]
     return keras.Sequential(layers, name=name)

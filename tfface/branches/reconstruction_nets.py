@@ -44,13 +44,15 @@ def canonical_map_net(
     width: int = 64,
     code_size: int = 256,
     output_activation: Optional[str] = None,
+    output_initializer="glorot_uniform",
     name: str = "canonical_map_net",
 ) -> keras.Sequential:
     """A keras.Sequential: features [N, h, w, c] -> canonical map [N, map_size, map_size, out_channels].
 
     feature_shape: (h, w, c) of the backbone features read (stage 3); map_size: a power of two >= 8; width: Unsup3D's
     nf (channels at full resolution; the decoder starts at width * map_size / 8); code_size: channels of the 1x1 code;
-    output_activation: of the last conv (None for depth, "tanh" for albedo).
+    output_activation: of the last conv (None for depth, "tanh" for albedo); output_initializer: of its kernel
+    ("zeros" starts every map flat).
     """
     if len(feature_shape) != 3 or min(feature_shape) < 1:
         raise ValueError(f"feature_shape must be (h, w, c), got {tuple(feature_shape)}")
@@ -85,5 +87,5 @@ def canonical_map_net(
     layers += _conv_block(width, 3, 1, "same", f"{name}_out1", True, _relu)
     layers += _conv_block(width, 5, 1, "same", f"{name}_out2", True, _relu)
     layers.append(keras.layers.Conv2D(out_channels, 5, padding="same", use_bias=False, activation=output_activation,
-                                      name=f"{name}_out"))
+                                      kernel_initializer=output_initializer, name=f"{name}_out"))
     return keras.Sequential(layers, name=name)
