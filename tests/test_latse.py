@@ -270,7 +270,7 @@ def train_run(tmp_path: Path, data_dir: Path, name: str, *overrides: str) -> Pat
     work_dir = tmp_path / name
     settings = [
         "backbone.name=tiny", f"backbone.options={json.dumps(BACKBONE_OPTIONS)}",
-        f"head.name=linearface", f"head.options={{scale: {TEACHER_SCALE}}}", f"data.train={data_dir}",
+        "head.name=linearface", f"head.options={{scale: {TEACHER_SCALE}}}", f"data.train={data_dir}",
         "data.crop_size=[16, 16]", "data.shuffle_buffer=64", "train.epochs=2", "train.batch_size=8",
         "train.verbose=0", "schedule.name=constant", "schedule.learning_rate=0.05", f"work_dir={work_dir}",
         *overrides,
