@@ -8,7 +8,7 @@ def test_demo_runs_every_step_and_writes_its_summary(tmp_path):
     out = tmp_path / "demo"
     arguments = [
         "--out", str(out), "--identities", "8", "--test-identities", "6", "--images-per-identity", "4",
-        "--image-size", "32", "--epochs", "1",
+        "--image-size", "32", "--epochs", "1", "--batch-size", "8",
     ]
     assert main(arguments) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -51,7 +51,7 @@ def train_model(data_dir: Path, run_dir: Path, args) -> Dict:
         str(CONFIG),
         [
             f"data.train={data_dir}", f"work_dir={run_dir}", f"train.epochs={args.epochs}",
-            f"evaluation.pairs_dir={data_dir / 'test'}", f"seed={args.seed}",
+            f"evaluation.pairs_dir={data_dir / 'test'}", f"seed={args.seed}", f"train.batch_size={args.batch_size}",
         ],
     )
     history = train(config).history
@@ -60,8 +60,8 @@ def train_model(data_dir: Path, run_dir: Path, args) -> Dict:
 
         with open(run_dir / "history.csv") as handle:
             rows = list(csv.DictReader(handle))
-        history = {key: [float(row[key]) for row in rows] for key in rows[0] if key != "epoch"}
-    return {key: float(values[-1]) for key, values in history.items()}
+        history = {key: [float(row[key]) for row in rows if row[key] not in ("", "NA")] for key in rows[0]}
+    return {key: float(values[-1]) for key, values in history.items() if values and key != "epoch"}
 
 
 def export_model(run_dir: Path, model_dir: Path) -> Path:
@@ -111,6 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--images-per-identity", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=64, help="global training batch")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

@@ -37,7 +37,8 @@ def verify_backbone(
 
 class VerificationCallback(keras.callbacks.Callback):
     """Every `every_epochs` epochs, adds `<name>_accuracy`, `<name>_accuracy_std` and `<name>_auc` to the logs
-    (so CSVLogger, TensorBoard and the progress line show them)."""
+    (so CSVLogger, TensorBoard and the progress line show them); NaN on the epochs in between, so that CSVLogger,
+    which fixes its columns at the first epoch, keeps them."""
 
     def __init__(self, pairs_dir: str, name: str = "verification", every_epochs: int = 1,
                  image_size: Optional[Tuple[int, int]] = None, batch_size: int = 64):
@@ -52,7 +53,11 @@ class VerificationCallback(keras.callbacks.Callback):
         self._images: Dict[str, np.ndarray] = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None or (epoch + 1) % self.every_epochs:
+        if logs is None:
+            return
+        if (epoch + 1) % self.every_epochs:
+            for key in ("accuracy", "accuracy_std", "auc"):
+                logs[f"{self.name}_{key}"] = float("nan")
             return
         result = verify_backbone(
             self.model.backbone, self.pairs_dir, self.image_size, self.batch_size, images=self._images
