@@ -9,6 +9,7 @@ import pytest
 import keras
 import tensorflow as tf
 import yaml
+from PIL import Image
 
 from tfface.data.landmarks import GENERIC_FACE_5_POINTS_MM, rotation_matrix
 from tfface.data.schema import make_example
@@ -261,19 +262,38 @@ def test_probe_tools_report_every_stage_and_the_svm(runs, pose_data, tmp_path, c
     assert probe_pose.main([str(tmp_path / "no_run"), "--data", str(data_dir)]) == 2
 
 
+def write_pairs_folder(root: Path) -> Path:
+    """LFW layout: 4 identities x 2 faces at random yaws, pairs.txt of 2 folds x (2 matched + 2 mismatched)."""
+    rng = np.random.default_rng(3)
+    for label in range(4):
+        (root / f"id{label}").mkdir(parents=True)
+        for number in (1, 2):
+            image = draw(label, face_landmarks(rng.uniform(-60, 60)), rng)
+            Image.fromarray(image).save(root / f"id{label}" / f"id{label}_{number:04d}.png")
+    lines = ["2 2"]
+    for fold in range(2):
+        lines += [f"id{2 * fold} 1 2", f"id{2 * fold + 1} 1 2"]
+        lines += [f"id{2 * fold} 1 id{2 * fold + 1} 2", f"id{2 * fold + 1} 1 id{(2 * fold + 2) % 4} 1"]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
 def test_aprn_compare_tabulates_the_runs_on_one_split(runs, pose_data, tmp_path, capsys):
     data_dir, _ = pose_data
     baseline, aprn = runs
     out = tmp_path / "compare.json"
     assert aprn_compare.main([
         "--runs", f"baseline={baseline}", f"aprn={aprn}", "--data", str(data_dir), "--prefix", "train",
-        "--fit-prefix", "train", "--epochs", "1", "--width-multiplier", "0.004", "--pairs", "40", "--out", str(out),
+        "--fit-prefix", "train", "--epochs", "1", "--width-multiplier", "0.004", "--pairs", "40",
+        "--pairs-dir", str(write_pairs_folder(tmp_path / "pairs")), "--out", str(out),
     ]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| run | pose-probe SVM val (train) | stage4 landmark-probe L1 (relative) |")
+    assert table[0].endswith("| frontal-profile verification | pairs.txt verification |")
     assert [line.split(" | ")[0] for line in table[2:]] == ["| baseline", "| aprn"]
     results = json.loads(out.read_text())["results"]
     assert results["baseline"]["pose_probe"]["num_test"] == results["aprn"]["pose_probe"]["num_test"]
+    assert 0.0 <= results["aprn"]["pairs_dir"]["accuracy_mean"] <= 1.0
     assert aprn_compare.main(["--runs", "baseline", "--data", str(data_dir)]) == 2
     assert "NAME=WORK_DIR" in capsys.readouterr().err
 

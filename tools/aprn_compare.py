@@ -6,7 +6,8 @@
 For each run (NAME=WORK_DIR): the linear-SVM frontal/profile accuracy on held-out identities of --prefix
 (tools.probe_pose), the landmark-probe L1 error per face on the chosen stages, fitted on --fit-prefix and evaluated
 on --prefix (tools.probe_landmarks; Table 3), and the 10-fold verification accuracy on frontal-profile pairs of
---prefix. Every run sees the same faces, identity split, pairs and seeds.
+--prefix; with --pairs-dir also the 10-fold accuracy on that LFW-layout folder (all poses, e.g. SynthFaces'
+DIR/test). Every run sees the same faces, identity split, pairs and seeds.
 Prints a Markdown table; --out also writes every number as JSON.
 """
 import argparse
@@ -32,6 +33,7 @@ from tfface.evaluation.pose_probes import (  # noqa: E402
     read_probe_set,
     split_by_identity,
 )
+from tfface.training.verification_callback import verify_backbone  # noqa: E402
 
 
 def parse_runs(items: List[str]) -> Dict[str, str]:
@@ -55,7 +57,7 @@ def evaluate_run(work_dir: str, args: argparse.Namespace) -> Dict:
     fit, test = fit_and_test_sets(args.data, args.fit_prefix, args.prefix, args.holdout, args.seed,
                                   data.get("image_size"), data.get("crop_size"))
     keras.utils.set_random_seed(args.seed)
-    return {
+    result = {
         "pose_probe": pose_probe(embed(backbone, faces.images_facing_one_side()), classes, held_out, seed=args.seed),
         "landmark_probe": landmark_probe(
             backbone, fit, test, stages=args.stages, width_multiplier=args.width_multiplier, epochs=args.epochs,
@@ -63,11 +65,16 @@ def evaluate_run(work_dir: str, args: argparse.Namespace) -> Dict:
         ),
         "cross_pose": cross_pose_verification(backbone, faces, classes, args.pairs, args.seed),
     }
+    if args.pairs_dir:
+        result["pairs_dir"] = verify_backbone(backbone, args.pairs_dir)
+    return result
 
 
 def markdown_table(results: Dict[str, Dict], stages: List[str]) -> str:
     header = ["run", "pose-probe SVM val (train)"] + [f"{stage} landmark-probe L1 (relative)" for stage in stages]
     header.append("frontal-profile verification")
+    if any("pairs_dir" in result for result in results.values()):
+        header.append("pairs.txt verification")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in results.items():
         pose, cross = result["pose_probe"], result["cross_pose"]
@@ -77,6 +84,8 @@ def markdown_table(results: Dict[str, Dict], stages: List[str]) -> str:
             for stage in stages
         ]
         cells.append(f"{cross['accuracy_mean']:.4f} +- {cross['accuracy_std']:.4f}")
+        if "pairs_dir" in result:
+            cells.append(f"{result['pairs_dir']['accuracy_mean']:.4f} +- {result['pairs_dir']['accuracy_std']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -100,6 +109,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="landmark regressors: times Table 1's widths")
     parser.add_argument("--epochs", type=int, default=20, help="landmark regressor epochs")
     parser.add_argument("--pairs", type=int, default=1000, help="frontal-profile verification pairs")
+    parser.add_argument("--pairs-dir", help="an LFW-layout folder (pairs.txt) verified as well")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON file for every number")
     return parser.parse_args(argv)
