@@ -205,7 +205,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (MemoryError, tf.errors.ResourceExhaustedError) as error:
-        print(f"{described}: does not fit: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
+        lines = str(error).splitlines() or [""]
+        detail = next((line.strip() for line in lines if "OOM when allocating" in line), lines[0])
+        print(
+            f"{described}: does not fit ({type(error).__name__}: {detail[:300]}); "
+            f"peak {_memory_gib()['VmHWM']:.2f} GiB"
+        )
         return 3
     print(
         f"{described}: step {result['step_seconds']:.2f} s (median after the first), loss {result['loss']:.3f}; "

@@ -50,12 +50,15 @@ def write_synthetic(directory: Path, count: int, size: Sequence[int], image_form
     return directory
 
 
-def measure(data_dir: Path, prefix: str, batch: int, batches: int, cache: bool) -> float:
-    """Images/s of the training pipeline over `batches` batches after the warm-up (see the module docstring)."""
+def measure(
+    data_dir: Path, prefix: str, batch: int, batches: int, cache: bool, size: Optional[Sequence[int]] = None
+) -> float:
+    """Images/s of the training pipeline over `batches` batches after the warm-up (see the module docstring);
+    `size` (H, W) resizes the stored images as the training config's data.image_size would."""
     description = read_description(data_dir, prefix)
     dataset = make_dataset(
         data_dir, prefix=prefix, batch_size=batch, training=True, flip=True, cache=cache, seed=0,
-        shuffle_buffer=min(4096, description["num_examples"]),
+        shuffle_buffer=min(4096, description["num_examples"]), image_size=size,
     )
     iterator = iter(dataset)
     warmup = math.ceil(description["num_examples"] / batch) if cache else 1
@@ -69,14 +72,15 @@ def measure(data_dir: Path, prefix: str, batch: int, batches: int, cache: bool) 
 
 
 def run_variants(
-    data_dirs: Sequence[Tuple[str, Path]], prefix: str, batch: int, batches: int, train_rate: Optional[float]
+    data_dirs: Sequence[Tuple[str, Path]], prefix: str, batch: int, batches: int, train_rate: Optional[float],
+    size: Optional[Sequence[int]] = None,
 ) -> List[Dict]:
     """`measure` for every (name, folder) in `data_dirs`, without and with cache; one row dict each."""
     rows = []
     for name, directory in data_dirs:
         shards = len(read_description(directory, prefix)["shards"])
         for cache in (False, True):
-            rate = measure(directory, prefix, batch, batches, cache)
+            rate = measure(directory, prefix, batch, batches, cache, size)
             ratio = rate / train_rate if train_rate else None
             rows.append({"data": name, "shards": shards, "cache": cache, "images_per_second": rate, "ratio": ratio})
     return rows
@@ -97,7 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     source.add_argument("--data", help="a folder of TFRecord shards (tools.make_tfrecords output)")
     source.add_argument("--synthetic", type=int, default=2048, help="number of synthetic faces to write and read")
     parser.add_argument("--prefix", default="train")
-    parser.add_argument("--size", type=int, nargs=2, default=(112, 112), metavar=("H", "W"))
+    parser.add_argument("--size", type=int, nargs=2, default=(112, 112), metavar=("H", "W"),
+                        help="synthetic image size; --data images are resized to it")
     parser.add_argument("--format", default="jpeg", choices=("jpeg", "png"))
     parser.add_argument("--shards", type=int, default=8, help="synthetic: shard files of the interleaved variant")
     parser.add_argument("--batch", type=int, default=128)
@@ -119,7 +124,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     (name, write_synthetic(Path(scratch, str(shards)), args.synthetic, args.size, args.format, shards))
                     for shards in sorted({1, args.shards})
                 ]
-            rows = run_variants(data_dirs, args.prefix, args.batch, args.batches, args.train_images_per_second)
+            rows = run_variants(
+                data_dirs, args.prefix, args.batch, args.batches, args.train_images_per_second, tuple(args.size)
+            )
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
