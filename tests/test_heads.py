@@ -246,7 +246,8 @@ def test_heads_stay_float32_under_a_mixed_precision_policy():
         for name in available():
             head = get_head(name, C)
             out = head(tf.ones((2, D), tf.float16), np.array([0, 1]))
-            assert head.kernel.dtype == "float32" and out["logits"].dtype == tf.float32, name
+            assert all(weight.dtype == "float32" for weight in head.trainable_weights), name
+            assert out["logits"].dtype == tf.float32, name
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
 
@@ -488,7 +489,7 @@ def test_linearface_target_stays_below_cos_and_decreases_linearly():
 
 def test_registry_lists_heads_and_names_unknown_ones():
     names = ["softmax", "normface", "sphereface", "lsoftmax", "cosface", "arcface", "combined", "curricularface"]
-    assert available() == sorted(names + ["linearface"])
+    assert available() == sorted(names + ["linearface", "partial_fc"])
     assert available() == HEADS.available()
     with pytest.raises(ValueError, match="'nope'.*arcface"):
         get_head("nope", C)
