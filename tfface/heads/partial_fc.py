@@ -32,6 +32,7 @@ PARTIAL_FC_MARGINS = ("arcface", "cosface", "combined", "normface", "linearface"
 """Margin heads whose maths Partial FC can apply to sampled logits (their hooks keep no per-class state)."""
 
 _SEED_STRIDE = 1 << 16
+"""Replica r samples from the stateless stream (step, seed * _SEED_STRIDE + r)."""
 _CHUNK_VALUES = 1 << 21
 """Shard rows are initialised and updated in blocks of this many values (8 MiB of float32), so the temporaries of
 a step (a few per block) stay small next to a shard of millions of centres; smaller blocks cost no measurable time."""
@@ -243,9 +244,9 @@ class PartialFCHead(MarginHead):
     def _sample(self, local_labels, owned, count, replica):
         """Sorted shard rows [k]: every owned positive, then random others; padding rows only when k > count."""
         rows = tf.range(self.shard_size)
-        step = self.sampling_step.value
-        self.sampling_step.assign_add(1)
+        step = tf.convert_to_tensor(self.sampling_step.value)
         seed = tf.stack([step, tf.cast(self.seed * _SEED_STRIDE + replica, tf.int64)])
+        self.sampling_step.assign_add(1)
         scores = tf.random.stateless_uniform([self.shard_size], seed=seed)
         positive_rows = tf.where(owned, local_labels, 0)[:, None]
         scores = tf.tensor_scatter_nd_max(scores, positive_rows, tf.where(owned, 2.0, 0.0))
