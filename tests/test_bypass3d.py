@@ -11,6 +11,7 @@ from tfface import backbones, heads
 from tfface.branches import BRANCHES
 from tfface.branches.bypass3d import (
     Bypass3D,
+    clamp_border,
     decode_albedo,
     decode_depth,
     decode_light,
@@ -81,6 +82,14 @@ def test_decoders_follow_their_formulas():
     np.testing.assert_allclose(decode_albedo(np.array([-1.0, 0.0, 0.5])), [0.0, 0.5, 0.75])
     np.testing.assert_allclose(to_unit_pixels(np.array([(0 - 127.5) / 128, (255 - 127.5) / 128])), [0.0, 1.0],
                                atol=1e-6)
+
+
+def test_clamp_border_sets_the_outer_columns():
+    depth = np.arange(2 * 3 * 6, dtype=np.float32).reshape(2, 3, 6)
+    expected = depth.copy()
+    expected[:, :, [0, -1]] = 9.0
+    np.testing.assert_array_equal(clamp_border(depth, 9.0, columns=1), expected)
+    np.testing.assert_array_equal(clamp_border(depth, 9.0, columns=0), depth)
 
 
 def test_reconstruction_l1_by_hand():
@@ -217,25 +226,28 @@ def test_the_three_stages_train_what_they_should():
     branch = make_bypass()
     trainer = make_trainer(branches=[branch])
     batch = make_batch()
-    parts = {"backbone": trainer.backbone.weights, "head": trainer.head.weights, "aux": branch.cooperative_variables()}
+    nets = {net.name: net.trainable_variables for net in (branch.view_net, branch.light_net, branch.depth_net,
+                                                            branch.albedo_net)}
+    parts = {"backbone": trainer.backbone.weights, "head": trainer.head.weights, **nets}
+
+    def step():
+        before = {name: _snapshot(variables) for name, variables in parts.items()}
+        logs = one_step(trainer, batch)
+        return logs, {name: any(_moved(before[name], variables)) for name, variables in parts.items()}
 
     trainer.set_stage(plugins=[])  # 1: face recognition only
-    before = {name: _snapshot(v) for name, v in parts.items()}
-    logs = one_step(trainer, batch)
-    assert "bypass3d_loss" in logs and not any(_moved(before["aux"], parts["aux"]))
-    assert any(_moved(before["backbone"], parts["backbone"])) and any(_moved(before["head"], parts["head"]))
+    logs, moved = step()
+    assert "bypass3d_loss" in logs and moved["backbone"] and moved["head"]
+    assert not any(moved[name] for name in nets)
 
     trainer.set_stage(frozen=("backbone", "head"), identity_loss=False, plugins=["bypass3d"])  # 2: aux only
-    before = {name: _snapshot(v) for name, v in parts.items()}
-    logs = one_step(trainer, batch)
+    logs, moved = step()
     np.testing.assert_allclose(logs["loss"], logs["bypass3d_loss"], rtol=1e-6)
-    assert all(_moved(before["aux"], parts["aux"]))
-    assert not any(_moved(before["backbone"], parts["backbone"])) and not any(_moved(before["head"], parts["head"]))
+    assert all(moved[name] for name in nets) and not moved["backbone"] and not moved["head"]
 
     trainer.set_stage(plugins=["bypass3d"])  # 3: joint
-    before = {name: _snapshot(v) for name, v in parts.items()}
-    one_step(trainer, batch)
-    assert all(_moved(before["aux"], parts["aux"])) and any(_moved(before["backbone"], parts["backbone"]))
+    _, moved = step()
+    assert all(moved.values())
 
 
 def test_mirrored_step_equals_single_device_step():
@@ -265,7 +277,9 @@ def test_depth_size_decodes_a_coarser_depth_resized_to_the_map():
     assert branch.depth_net.output_shape == (None, 8, 8, 1)
     result = branch.reconstruct(batch["image"], trainer.backbone(batch["image"]))
     assert result["depth"].shape == (2, 16, 16) and result["albedo"].shape == (2, 16, 16, 3)
-    np.testing.assert_allclose(result["depth"], 1.0, atol=1e-6)  # zero-initialised output: the flat start
+    depth = np.asarray(result["depth"])  # zero-initialised output: a flat start, its border columns behind
+    np.testing.assert_allclose(depth[:, :, 2:-2], 1.0, atol=1e-6)
+    np.testing.assert_allclose(depth[:, :, [0, 1, -2, -1]], 0.7 * 1.1 + 0.3 * 0.9, atol=1e-6)
     with pytest.raises(ValueError, match="depth_size 32 must not exceed map_size 16"):
         make_bypass(map_size=16, depth_size=32)
     with pytest.raises(ValueError, match="depth_size must be a power of two >= 8, got 12"):

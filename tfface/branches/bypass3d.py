@@ -15,9 +15,10 @@ trained by its own optimizer (Adam in the paper) when the config gives one. They
 export of the backbone carries none of them.
 
 Units and ranges (Unsup3D's): pixels in [0, 1]; depth in metres within [min_depth, max_depth] about 1 m (per-image
-mean removed before the tanh, so the nets set relief, not distance); camera with a `fov_degrees` field of view;
-rotations about (0, 0, 1 m) up to `max_rotation_degrees`; translations up to `max_translation` metres; k_a, k_d in
-[0, 1]; l_dx, l_dy in [-1, 1] (light (l_dx, l_dy, 1) normalised; see tfface.rendering.shading for its sign).
+mean removed before the tanh, so the nets set relief, not distance; border columns behind the face, `clamp_border`);
+camera with a `fov_degrees` field of view; rotations about (0, 0, 1 m) up to `max_rotation_degrees`; translations up
+to `max_translation` metres; k_a, k_d in [0, 1]; l_dx, l_dy in [-1, 1] (light (l_dx, l_dy, 1) normalised; see
+tfface.rendering.shading for its sign).
 The output layers of Phi_w and Phi_d start at zero: training starts from the canonical view and a flat depth at 1 m
 (random depth ripples would shade as noise). Phi_l's starts random: with a flat depth and light from the camera
 too, shading's gradients with respect to the light and the depth slopes would both vanish.
@@ -25,7 +26,6 @@ too, shading's gradients with respect to the light and the depth slopes would bo
 import math
 from typing import Dict, Optional, Sequence
 
-import keras
 import tensorflow as tf
 from keras import ops
 
@@ -56,7 +56,9 @@ def decode_view(raw, max_rotation_degrees: float, max_translation: Sequence[floa
 def decode_light(raw) -> Dict[str, tf.Tensor]:
     """raw [N, 4] in (-1, 1) -> {"ambient" k_a, "diffuse" k_d in (0, 1), "l_dx", "l_dy" in (-1, 1)}, each [N]."""
     raw = ops.cast(raw, "float32")
-    return {"ambient": (raw[:, 0] + 1.0) / 2.0, "diffuse": (raw[:, 1] + 1.0) / 2.0, "l_dx": raw[:, 2], "l_dy": raw[:, 3]}
+    return {
+        "ambient": (raw[:, 0] + 1.0) / 2.0, "diffuse": (raw[:, 1] + 1.0) / 2.0, "l_dx": raw[:, 2], "l_dy": raw[:, 3],
+    }
 
 
 def decode_depth(raw, min_depth: float, max_depth: float):
@@ -64,6 +66,19 @@ def decode_depth(raw, min_depth: float, max_depth: float):
     raw = ops.cast(raw, "float32")
     centred = ops.tanh(raw - ops.mean(raw, axis=(1, 2), keepdims=True))
     return (max_depth + min_depth) / 2.0 + centred * (max_depth - min_depth) / 2.0
+
+
+def clamp_border(depth, border_depth: float, columns: int = 2):
+    """Unsup3D's border clamp: depth [N, H, W] with its `columns` leftmost and rightmost columns set to border_depth.
+
+    Unsup3D puts the border behind the face (0.7 max + 0.3 min depth): with the per-image mean removed, a face in
+    the middle then stands out toward the camera, which picks the convex of the two shapes that shade alike.
+    """
+    if columns == 0:
+        return depth
+    width = depth.shape[2]
+    inside = ops.concatenate([ops.zeros((columns,)), ops.ones((width - 2 * columns,)), ops.zeros((columns,))], axis=0)
+    return depth * inside + border_depth * (1.0 - inside)
 
 
 def decode_albedo(raw):
@@ -105,6 +120,7 @@ class Bypass3D(Branch):
     (0.9, 1.1); max_rotation_degrees (60) and max_translation (x, y, z metres; 0.1 each): ranges of Phi_w;
     ira_width, code_size: Unsup3D's nf (64) and code size (256) of Phi_d, Phi_a; iia_width: nf of Phi_w, Phi_l (32);
     depth_size: side of the depth Phi_d decodes, resized (bicubic) to map_size (default: map_size, the paper's);
+    border_columns: left and right depth columns clamped behind the face, as Unsup3D does (2; 0: none);
     march_steps, refine_steps: ray-marching and root-refining steps of the warp (16, 6).
     """
 
@@ -123,6 +139,7 @@ class Bypass3D(Branch):
         march_steps: int = 16,
         refine_steps: int = 6,
         depth_size: Optional[int] = None,
+        border_columns: int = 2,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -141,6 +158,9 @@ class Bypass3D(Branch):
         self.ira_width, self.code_size, self.iia_width = int(ira_width), int(code_size), int(iia_width)
         self.march_steps, self.refine_steps = int(march_steps), int(refine_steps)
         self.depth_size = self.map_size if depth_size is None else int(depth_size)
+        self.border_columns = int(border_columns)
+        if not 0 <= 2 * self.border_columns < self.map_size:
+            raise ValueError(f"bypass3d: border_columns must be in [0, map_size / 2), got {border_columns}")
         for key, value in (("map_size", self.map_size), ("depth_size", self.depth_size)):
             if value < 8 or value & (value - 1):
                 raise ValueError(f"bypass3d: {key} must be a power of two >= 8, got {value}")
@@ -198,6 +218,7 @@ class Bypass3D(Branch):
         if self.depth_size != self.map_size:
             size = (self.map_size, self.map_size)
             depth = tf.image.resize(depth[..., None], size, method="bicubic")[..., 0]
+        depth = clamp_border(depth, 0.7 * self.max_depth + 0.3 * self.min_depth, self.border_columns)
         albedo = decode_albedo(self.albedo_net(feature_map))
         rendered = render(depth, albedo, light, angles, translation, self.intrinsics, self.march_steps,
                           self.refine_steps)
