@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -86,6 +87,10 @@ def test_visualize_draws_one_row_per_face_and_seven_columns(run_dir, synth_like,
         assert image.size == (7 * 2 * MAP, visualize_bypass3d.CAPTION_HEIGHT + 3 * 2 * MAP)
     assert visualize_bypass3d.main(["--run", str(run_dir), "--data", str(synth_like), "--count", "0",
                                     "--out", str(out)]) == 2
+    figure = visualize_bypass3d.make_figure(run_dir, synth_like, "test", count=2, first=1, stride=5)
+    assert figure.size == (7 * 2 * MAP, visualize_bypass3d.CAPTION_HEIGHT + 2 * 2 * MAP)  # examples 1 and 6 of 8
+    with pytest.raises(ValueError, match="--first 8: .* has 8 examples"):
+        visualize_bypass3d.make_figure(run_dir, synth_like, "test", count=1, first=8)
 
 
 def test_shaded_depth_of_a_plane_is_the_light_cosine():
@@ -147,16 +152,17 @@ def test_exported_bypass3d_run_holds_the_backbone_only_and_costs_what_the_baseli
     assert mine["variables"] == len(trained.trainer.backbone.variables)
 
 
-def test_flops_count_of_a_one_conv_model_is_closed_form(tmp_path):
-    """One 3x3 conv, 3 -> 2 channels, no bias, 'same' on 16x16: 2 * 16 * 16 * 2 * 27 multiply-adds."""
-    import keras
+def test_flops_of_a_conv_are_counted_in_closed_form(tmp_path):
+    """Two one-conv models differing only in the kernel (3x3 vs 1x1, 3 -> 2 channels, 'same' on 16x16): the same
+    flatten and L2 normalisation after, so their FLOPs differ by 2 * 16 * 16 * 2 * 3 * (9 - 1) multiply-adds."""
+    def exported(kernel, name):
+        image = keras.Input((16, 16, 3), name="image")
+        conv = keras.layers.Conv2D(2, kernel, padding="same", use_bias=False)(image)
+        model = keras.Model(image, {"embedding": keras.layers.Flatten()(conv)})
+        return export_backbone(model, tmp_path / name / "1", {})
 
-    image = keras.Input((16, 16, 3), name="image")
-    conv = keras.layers.Conv2D(2, 3, padding="same", use_bias=False)(image)
-    flat = keras.layers.Flatten()(conv)
-    model = keras.Model(image, {"embedding": flat})
-
-    assert inference_cost.flops_per_image(export_backbone(model, tmp_path / "m" / "1", {})) >= 2 * 16 * 16 * 2 * 27
+    difference = inference_cost.flops_per_image(exported(3, "k3")) - inference_cost.flops_per_image(exported(1, "k1"))
+    assert difference == 2 * 16 * 16 * 2 * 3 * (9 - 1)
 
 
 # ------------------------------------------------------------------------------------------------ Yale B light
@@ -228,6 +234,13 @@ def test_attribute_helpers_by_hand():
     for bad, message in ((["a"], "NAME=RUN_DIR"), (["scratch"], "at least one"), (["a=x", "a=y"], "unique")):
         with pytest.raises(ValueError, match=message):
             attributes_transfer.parse_inits(bad)
+
+
+def test_attribute_labels_are_thresholded(synth_like):
+    _, stored = attributes_transfer.load_split(synth_like, "test", (16, 16), threshold=0.5)
+    _, all_present = attributes_transfer.load_split(synth_like, "test", (16, 16), threshold=-0.5)
+    assert set(np.unique(stored)) <= {0.0, 1.0} and 0 < stored.mean() < 1
+    np.testing.assert_array_equal(all_present, 1.0)
 
 
 def test_attribute_transfer_table_has_a_row_per_init_and_learns_an_easy_attribute(run_dir, synth_like, tmp_path):

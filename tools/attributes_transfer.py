@@ -3,7 +3,8 @@ fine-tuned with a fraction of the labels.
 
     python -m tools.attributes_transfer --data DIR [--train-prefix train] [--test-prefix test]
         --init scratch --init fr=runs/fr_only --init 3d-berl=runs/bypass3d [--fractions 0.05 0.1 0.2 0.5 1.0]
-        [--epochs 20] [--batch-size 40] [--hidden 256] [--learning-rate 1e-3] [--seed 0] [--out report.md]
+        [--epochs 20] [--batch-size 40] [--hidden 256] [--learning-rate 1e-3] [--seed 0] [--threshold 0.5]
+        [--out report.md]
 
 Works with any attribute labels stored in the TFRecords ("attributes", a float list of A values per example, a
 value > --threshold counting as present). For each --init (a run's work dir, whose backbone.weights.h5 is loaded;
@@ -31,15 +32,16 @@ from tfface.export import build_backbone, read_run
 SCRATCH = "scratch"
 
 
-def load_split(data_dir, prefix: str, image_size) -> Tuple[np.ndarray, np.ndarray]:
-    """(normalised images float32 [N, H, W, 3], attributes float32 [N, A]) of data_dir/prefix, in written order."""
+def load_split(data_dir, prefix: str, image_size, threshold: float = 0.5) -> Tuple[np.ndarray, np.ndarray]:
+    """(normalised images float32 [N, H, W, 3], 0/1 labels float32 [N, A]: attribute > threshold) of data_dir/prefix,
+    in written order."""
     dataset = make_dataset(data_dir, prefix=prefix, batch_size=256, image_size=image_size, training=False,
                            features=("attributes",))
     images, attributes = [], []
     for batch in dataset:
         images.append(batch["image"].numpy())
         attributes.append(batch["attributes"].numpy())
-    return np.concatenate(images), np.concatenate(attributes)
+    return np.concatenate(images), (np.concatenate(attributes) > threshold).astype(np.float32)
 
 
 def parse_inits(specs: Sequence[str]) -> List[Tuple[str, str]]:
@@ -95,7 +97,8 @@ def transfer(run: Dict, weights_path, data, fraction: float, args) -> float:
 
 
 def _fresh_backbone(run: Dict) -> keras.Model:
-    return backbones.get_backbone(run["backbone"], **{**run["backbone_options"], "input_shape": tuple(run["input_shape"])})
+    options = {**run["backbone_options"], "input_shape": tuple(run["input_shape"])}
+    return backbones.get_backbone(run["backbone"], **options)
 
 
 def markdown_table(results: Dict[str, Dict[str, float]], fractions: Sequence[float]) -> str:
@@ -118,8 +121,8 @@ def run_transfer(args) -> Dict:
             raise ValueError(f"--init {name}: backbone {run['backbone']} {run['input_shape']} differs from "
                              f"{reference['backbone']} {reference['input_shape']}; compare like with like")
     image_size = reference["input_shape"][:2]
-    train = load_split(args.data, args.train_prefix, image_size)
-    test = load_split(args.data, args.test_prefix, image_size)
+    train = load_split(args.data, args.train_prefix, image_size, args.threshold)
+    test = load_split(args.data, args.test_prefix, image_size, args.threshold)
     if train[1].shape[1] != test[1].shape[1]:
         raise ValueError(f"{args.data}: {args.train_prefix} has {train[1].shape[1]} attributes, "
                          f"{args.test_prefix} {test[1].shape[1]}")
@@ -150,6 +153,8 @@ def parse_args(argv):
     parser.add_argument("--hidden", type=int, default=256, help="units of the first FC layer")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0, help="seeds the label subset and the initialisation")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="an attribute value above it counts as present (0.5 fits 0/1 and -1/1 labels)")
     parser.add_argument("--out", help="Markdown table to write (a .json with the numbers goes next to it)")
     return parser.parse_args(argv)
 

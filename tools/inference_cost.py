@@ -26,7 +26,8 @@ TRAINING_ONLY_WORDS = ("bypass3d", "phi_", "branch", "head", "optimizer", "regul
 def stored_variables(version_dir) -> Dict[str, List[int]]:
     """{checkpoint key: shape} of every variable in a SavedModel's variables/ checkpoint."""
     reader = tf.train.load_checkpoint(str(Path(version_dir) / "variables" / "variables"))
-    return {key: list(shape) for key, shape in reader.get_variable_to_shape_map().items() if key != CHECKPOINT_GRAPH_KEY}
+    shapes = reader.get_variable_to_shape_map()
+    return {key: list(shape) for key, shape in shapes.items() if key != CHECKPOINT_GRAPH_KEY}
 
 
 def flops_per_image(version_dir, signature: str = NORMALIZED_SIGNATURE) -> int:

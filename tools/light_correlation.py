@@ -9,8 +9,11 @@ the run's input size as `tools.make_tfrecords --size` does (PIL bilinear) and th
 l_dy); the estimated azimuth is atan(l_dx) and elevation atan(l_dy), in degrees. Signs: a positive Yale B azimuth
 lights the image's left half (the half that is brighter), which is l_dx > 0 in tfface.rendering's convention (light
 travelling toward +x); a positive elevation lights from above, l_dy > 0 (travelling down the image).
-Reported: Pearson and Spearman correlations over all images and over the lights in front (|azimuth| <= 90), and the
-same for a reference that needs no model: the left-minus-right (top-minus-bottom) mean brightness of the image.
+Reported: Pearson and Spearman correlations over all images and over the lights in front (|azimuth| <= 90); the same
+between |estimated| and |recorded| azimuth (how far the light is from the front, whatever its side: a concave face
+lit from one side shades like the convex one lit from the other, so a model can get the side wrong and the angle
+right); and, for reference, the same for a number that needs no model: the left-minus-right (top-minus-bottom) mean
+brightness of the image.
 """
 import argparse
 import csv
@@ -110,6 +113,7 @@ def light_report(run_dir, yaleb_dir, subjects=None, checkpoint=None):
         "images": int(len(azimuth)), "front_images": int(front.sum()),
         "subjects": sorted(set(index["subject"].tolist())),
         "azimuth": correlations(azimuth, index["azimuth"], front),
+        "azimuth_magnitude": correlations(np.abs(azimuth), np.abs(index["azimuth"]), front),
         "elevation": correlations(elevation, index["elevation"], front),
         "brightness_reference": {
             "azimuth": correlations(reference["horizontal"], index["azimuth"], front),

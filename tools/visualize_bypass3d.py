@@ -1,11 +1,11 @@
 """Fig. 3 of 3D-BERL: what the reconstruction bypass of a trained run sees in a few faces, as a PNG grid.
 
     python -m tools.visualize_bypass3d --run runs/bypass3d_synth --data data/synth64 [--prefix test] [--count 8]
-        [--checkpoint PATH] --out docs/bypass3d_synth.png
+        [--first 0] [--stride 1] [--checkpoint PATH] --out docs/bypass3d_synth.png
 
-One row per face: input (resized to the map size), reconstruction I_hat, canonical image I_c, canonical depth shaded
-by a fixed light from the upper left, canonical albedo; when the data store them (SynthFaces), the true depth
-(shaded the same way) and albedo follow.
+One row per face (`count` examples in written order from `first`, every `stride`-th): input (resized to the map
+size), reconstruction I_hat, canonical image I_c, canonical depth shaded by a fixed light from the upper left,
+canonical albedo; when the data store them (SynthFaces), the true depth (shaded the same way) and albedo follow.
 """
 import argparse
 import sys
@@ -30,7 +30,8 @@ def shade_depth(depth, K) -> np.ndarray:
     depth = np.asarray(depth, np.float32)
     normals = rendering.normals_from_depth(depth, K)
     count = depth.shape[0]
-    light = rendering.light_direction(np.full(count, VIEW_LIGHT[0], np.float32), np.full(count, VIEW_LIGHT[1], np.float32))
+    l_dx, l_dy = (np.full(count, value, np.float32) for value in VIEW_LIGHT)
+    light = rendering.light_direction(l_dx, l_dy)
     shading = 0.15 + 0.85 * np.asarray(rendering.shading_map(normals, light))
     return np.repeat(shading[..., None], 3, axis=-1)
 
@@ -69,13 +70,17 @@ def draw_grid(columns, scale: int = 2) -> Image.Image:
     return canvas
 
 
-def make_figure(run_dir, data_dir, prefix="test", count=8, checkpoint=None) -> Image.Image:
+def make_figure(run_dir, data_dir, prefix="test", count=8, checkpoint=None, first=0, stride=1) -> Image.Image:
     run = load_bypass_run(run_dir, checkpoint)
     has = read_description(data_dir, prefix)["has"]
     has_truth = bool(has.get("depth")) and bool(has.get("albedo"))
     features = ("depth", "albedo") if has_truth else ()
-    batches = list(reconstructions(run, data_dir, prefix, batch_size=count, features=features, limit=count))
-    result = {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
+    limit = first + (count - 1) * stride + 1
+    batches = list(reconstructions(run, data_dir, prefix, batch_size=32, features=features, limit=limit))
+    total = sum(len(batch["target"]) for batch in batches)
+    if first >= total:
+        raise ValueError(f"--first {first}: {data_dir} has {total} examples under prefix '{prefix}'")
+    result = {key: np.concatenate([batch[key] for batch in batches])[first::stride] for key in batches[0]}
     return draw_grid(grid_columns(result, run.branch.intrinsics, has_truth))
 
 
@@ -85,6 +90,8 @@ def parse_args(argv):
     parser.add_argument("--data", required=True, help="TFRecord folder (tools.make_tfrecords or tools.synth)")
     parser.add_argument("--prefix", default="test", help="shard prefix in --data (default: test)")
     parser.add_argument("--count", type=int, default=8, help="faces (rows) to draw")
+    parser.add_argument("--first", type=int, default=0, help="index of the first example drawn")
+    parser.add_argument("--stride", type=int, default=1, help="draw every stride-th example")
     parser.add_argument("--checkpoint", help="checkpoint to load (default: the run's newest)")
     parser.add_argument("--out", required=True, help="PNG file to write")
     return parser.parse_args(argv)
@@ -92,11 +99,12 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.count < 1:
-        print(f"error: --count must be >= 1, got {args.count}", file=sys.stderr)
+    if args.count < 1 or args.first < 0 or args.stride < 1:
+        print(f"error: need --count >= 1, --first >= 0, --stride >= 1; got {args.count}, {args.first}, {args.stride}",
+              file=sys.stderr)
         return 2
     try:
-        figure = make_figure(args.run, args.data, args.prefix, args.count, args.checkpoint)
+        figure = make_figure(args.run, args.data, args.prefix, args.count, args.checkpoint, args.first, args.stride)
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

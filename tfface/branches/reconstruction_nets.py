@@ -22,7 +22,8 @@ def _group_norm(channels: int, name: str) -> keras.layers.GroupNormalization:
 
 def _conv_block(filters: int, kernel, strides: int, padding: str, name: str, norm: bool, activation):
     """[Conv2D (no bias), optional GroupNorm, activation layer]."""
-    block = [keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv")]
+    conv = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv")
+    block = [conv]
     if norm:
         block.append(_group_norm(filters, f"{name}_gn"))
     block.append(activation(name=f"{name}_act"))
