@@ -121,7 +121,7 @@ def markdown_row(row: Dict) -> str:
         measured = [f"failed: {row['error']}", "", ""]
     else:
         seconds = row["step_seconds"]
-        measured = [f"{row['images_per_second']:.1f}", f"{seconds * 1000:.0f}", f"{row['images_per_cpu_second']:.2f}"]
+        measured = [f"{row['images_per_second']:.1f}", f"{seconds * 1000:.3g}", f"{row['images_per_cpu_second']:.2f}"]
     cells = [row["backbone"], row["head"], row["precision"], str(row["batch"]), row["device"], *measured]
     return "| " + " | ".join(cells) + " |"
 
@@ -188,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(
         f"{args.backbone} + {args.head}, {args.precision}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "
         f"{args.classes} classes, {device_name()} x{result['replicas']}: {result['images_per_second']:.1f} images/s "
-        f"(median step {result['step_seconds'] * 1000:.0f} ms over {args.steps} steps), "
+        f"(median step {result['step_seconds'] * 1000:.3g} ms over {args.steps} steps), "
         f"{result['images_per_cpu_second']:.2f} images per CPU-second"
     )
     return 0
