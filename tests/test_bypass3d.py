@@ -167,8 +167,9 @@ def test_bad_options_name_the_problem():
 # ------------------------------------------------------------------------------------------------ in the trainer
 
 
-def test_recon_loss_reaches_the_aux_nets_and_stages_1_to_3_only():
-    branch = make_bypass()
+@pytest.mark.parametrize("symmetry_weight", [0.0, 0.5])
+def test_recon_loss_reaches_the_aux_nets_and_stages_1_to_3_only(symmetry_weight):
+    branch = make_bypass(symmetry_weight=symmetry_weight)
     trainer = make_trainer(branches=[branch])
     batch = make_batch()
     variables = trainer.backbone.trainable_variables + branch.cooperative_variables()
@@ -268,6 +269,66 @@ def test_mirrored_step_equals_single_device_step():
     mirrored.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
     for mine, theirs in zip(mirrored.get_weights(), single.get_weights()):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+def _randomise_zero_heads(branch, seed=0):
+    """Gives the zero-initialised output layers (Phi_w, Phi_d) small random weights: a turned view, a non-flat depth."""
+    rng = np.random.default_rng(seed)
+    for net in (branch.view_net, branch.depth_net):
+        for variable in net.trainable_variables:
+            if not np.any(variable.numpy()):
+                variable.assign(rng.normal(0.0, 0.3, variable.shape).astype(np.float32))
+
+
+def test_symmetry_loss_adds_the_l1_of_the_render_of_the_flipped_depth_and_albedo():
+    """loss = l1 + w mean |render(d[:, :, ::-1], a[:, :, ::-1], same light and view) - target| (numpy flips and L1);
+    weight 0 gives Eq. 6 alone, as before the option existed."""
+    batch = make_batch(size=4)
+    plain = make_bypass()
+    trainer = make_trainer(branches=[plain])
+    _randomise_zero_heads(plain)
+    features = trainer.backbone(batch["image"], training=False)
+    context = StepContext(batch=batch, features=features, labels=batch["label"], head=trainer.head, step=0)
+    result = plain.reconstruct(batch["image"], features)
+    assert "flipped_l1" not in result
+    np.testing.assert_array_equal(plain.loss(context), result["l1"])
+
+    symmetric = make_bypass(symmetry_weight=0.5)
+    make_trainer(branches=[symmetric])
+    for mine, theirs in zip(symmetric.cooperative_variables(), plain.cooperative_variables()):
+        mine.assign(theirs)
+    depth, albedo = np.asarray(result["depth"]), np.asarray(result["albedo"])
+    assert not np.allclose(depth, depth[:, :, ::-1], atol=1e-4)  # the flip matters
+    light = {key: result[key] for key in ("ambient", "diffuse", "l_dx", "l_dy")}
+    flipped = render(np.ascontiguousarray(depth[:, :, ::-1]), np.ascontiguousarray(albedo[:, :, ::-1]), light,
+                     result["angles"], result["translation"], plain.intrinsics, SMALL["march_steps"],
+                     SMALL["refine_steps"])
+    target = np.asarray(result["target"])
+    flipped_l1 = np.abs(np.asarray(flipped["image"]) - target).mean(axis=(1, 2, 3))
+    assert np.all(np.abs(flipped_l1 - np.asarray(result["l1"])) > 1e-4)
+    np.testing.assert_allclose(symmetric.loss(context), np.asarray(result["l1"]) + 0.5 * flipped_l1, rtol=1e-5)
+    with pytest.raises(ValueError, match="symmetry_weight must be >= 0"):
+        make_bypass(symmetry_weight=-0.1)
+
+
+def test_a_mirrored_face_with_mirrored_light_and_view_renders_the_mirrored_image():
+    """The symmetry prior's premise: flip(render(d, a, l_dx, yaw, roll, t_x)) = render(flip d, flip a, -l_dx, -yaw,
+    -roll, -t_x) (pitch, l_dy, t_y, t_z unchanged)."""
+    rng = np.random.default_rng(2)
+    rows, columns = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16), indexing="ij")
+    bump = np.exp(-((columns - 0.3) ** 2 + (rows + 0.2) ** 2) / 0.2)
+    depth = (1.0 - 0.05 * bump)[None].astype(np.float32)
+    albedo = rng.uniform(0.2, 0.9, (1, 16, 16, 3)).astype(np.float32)
+    light = {"ambient": np.array([0.3], np.float32), "diffuse": np.array([0.7], np.float32),
+             "l_dx": np.array([0.5], np.float32), "l_dy": np.array([-0.3], np.float32)}
+    angles, translation = np.array([[0.1, 0.2, 0.05]], np.float32), np.array([[0.01, -0.02, 0.0]], np.float32)
+    K = intrinsics_from_fov(10.0, 16, 16)
+    image = np.asarray(render(depth, albedo, light, angles, translation, K, march_steps=16)["image"])
+    mirror = np.array([1.0, -1.0, -1.0], np.float32)
+    mirrored = render(np.ascontiguousarray(depth[:, :, ::-1]), np.ascontiguousarray(albedo[:, :, ::-1]),
+                      {**light, "l_dx": -light["l_dx"]}, angles * mirror, translation * np.array([-1.0, 1.0, 1.0],
+                      np.float32), K, march_steps=16)
+    np.testing.assert_allclose(np.asarray(mirrored["image"]), image[:, :, ::-1], atol=2e-3)
 
 
 def test_depth_size_decodes_a_coarser_depth_resized_to_the_map():

@@ -8,6 +8,8 @@ error (Eq. 6), which the trainer weighs by the entry's `weight` (gamma_2 of Eq. 
     render (tfface.rendering): n = normals(d); I_c = a (k_a + k_d max(0, <l_d, n>))        (Eq. 1)
                                I_hat = warp of I_c to the view, p' ~ K (d R K^-1 p + t)    (Eq. 2-4)
     loss:                      L_recon = mean |I_hat - I| over the 64x64 resized input     (Eq. 6)
+    symmetry (option, not in 3D-BERL; Unsup3D's): + lambda_flip mean |I_hat_flip - I|, I_hat_flip rendered as above
+                               from the horizontally flipped d and a with the same light and view
 
 Gradient routing: IRA reads the stage-3 features, so L_recon reaches the aux nets and the backbone up to stage 3 only
 (never stage 4 or the embedding layer); IIA reads the image. The four nets are the branch's cooperative variables,
@@ -121,7 +123,9 @@ class Bypass3D(Branch):
     ira_width, code_size: Unsup3D's nf (64) and code size (256) of Phi_d, Phi_a; iia_width: nf of Phi_w, Phi_l (32);
     depth_size: side of the depth Phi_d decodes, resized (bicubic) to map_size (default: map_size, the paper's);
     border_columns: left and right depth columns clamped behind the face, as Unsup3D does (2; 0: none);
-    march_steps, refine_steps: ray-marching and root-refining steps of the warp (16, 6).
+    march_steps, refine_steps: ray-marching and root-refining steps of the warp (16, 6);
+    symmetry_weight: lambda_flip of Unsup3D's symmetry prior, the weight of the L1 of the reconstruction rendered
+    from the flipped depth and albedo (0: none, the paper's 3D-BERL; Unsup3D: 0.5).
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class Bypass3D(Branch):
         refine_steps: int = 6,
         depth_size: Optional[int] = None,
         border_columns: int = 2,
+        symmetry_weight: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -159,6 +164,9 @@ class Bypass3D(Branch):
         self.march_steps, self.refine_steps = int(march_steps), int(refine_steps)
         self.depth_size = self.map_size if depth_size is None else int(depth_size)
         self.border_columns = int(border_columns)
+        self.symmetry_weight = float(symmetry_weight)
+        if self.symmetry_weight < 0:
+            raise ValueError(f"bypass3d: symmetry_weight must be >= 0, got {symmetry_weight}")
         if not 0 <= 2 * self.border_columns < self.map_size:
             raise ValueError(f"bypass3d: border_columns must be in [0, map_size / 2), got {border_columns}")
         for key, value in (("map_size", self.map_size), ("depth_size", self.depth_size)):
@@ -207,7 +215,8 @@ class Bypass3D(Branch):
 
         "target" [N, m, m, 3] (the input resized to m = map_size, in [0, 1]); "depth" [N, m, m] metres; "albedo"
         [N, m, m, 3]; the `nuisances`; "normals", "canonical" (I_c), "image" (I_hat) and "valid" as `render`;
-        "l1" [N] (Eq. 6 per example).
+        "l1" [N] (Eq. 6 per example); with symmetry_weight > 0 also "flipped_image" [N, m, m, 3] (I_hat rendered
+        from the horizontally flipped depth and albedo, same light and view) and "flipped_l1" [N].
         """
         resized = self.resize(images)
         nuisances = self.nuisances(resized)
@@ -223,11 +232,20 @@ class Bypass3D(Branch):
         rendered = render(depth, albedo, light, angles, translation, self.intrinsics, self.march_steps,
                           self.refine_steps)
         target = to_unit_pixels(resized)
-        return {
+        result = {
             "target": target, "depth": depth, "albedo": albedo, **nuisances, **rendered,
             "l1": reconstruction_l1(rendered["image"], target),
         }
+        if self.symmetry_weight > 0:
+            flipped = render(ops.flip(depth, axis=2), ops.flip(albedo, axis=2), light, angles, translation,
+                             self.intrinsics, self.march_steps, self.refine_steps)
+            result["flipped_image"] = flipped["image"]
+            result["flipped_l1"] = reconstruction_l1(flipped["image"], target)
+        return result
 
     def loss(self, context: StepContext):
-        """L_recon per example [N] (Eq. 6)."""
-        return self.reconstruct(context.batch["image"], context.features)["l1"]
+        """L_recon per example [N] (Eq. 6), plus symmetry_weight times the flipped reconstruction's L1."""
+        result = self.reconstruct(context.batch["image"], context.features)
+        if self.symmetry_weight > 0:
+            return result["l1"] + self.symmetry_weight * result["flipped_l1"]
+        return result["l1"]
