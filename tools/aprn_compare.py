@@ -33,6 +33,7 @@ from tfface.evaluation.pose_probes import (  # noqa: E402
     read_probe_set,
     split_by_identity,
 )
+from tfface.training.callbacks import write_json_atomically  # noqa: E402
 from tfface.training.verification_callback import verify_backbone  # noqa: E402
 
 
@@ -126,8 +127,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(markdown_table(results, args.stages))
     if args.out:
         settings = {key: value for key, value in vars(args).items() if key != "out"}
-        with open(args.out, "w") as handle:
-            json.dump({"settings": settings, "runs": runs, "results": results}, handle, indent=2, default=_plain)
+        report = {"settings": settings, "runs": runs, "results": results}
+        write_json_atomically(json.loads(json.dumps(report, default=_plain)), args.out)
     return 0
 
 
