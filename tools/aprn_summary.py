@@ -11,12 +11,15 @@ report's 10-fold standard deviation.
 """
 import argparse
 import json
+import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfface.training.callbacks import write_json_atomically
+import numpy as np  # noqa: E402
+
+from tfface.training.callbacks import write_json_atomically  # noqa: E402
 
 MEASURES = {
     "pose-probe SVM accuracy": lambda result, stage: result["pose_probe"]["val_accuracy"],
