@@ -33,4 +33,4 @@ def _fresh_keras_state():
     keras.utils.set_random_seed(0)
     tf.distribute.MirroredStrategy._collective_key_base += 100_000
     yield
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
