@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tools import bench_partial_fc, bench_pipeline, bench_train
+from tools import bench_evaluation, bench_partial_fc, bench_pipeline, bench_train
 
 
 def test_train_comparison_runs_every_combination_and_writes_a_markdown_table(tmp_path, capsys):
@@ -97,3 +97,23 @@ def test_partial_fc_bench_table_and_errors(capsys):
     assert "--sample-rate must be in (0, 1]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="divisible"):
         bench_partial_fc.live_steps("partial", 50, 8, 7, 0.2, 2)
+
+
+def test_evaluation_bench_times_both_parts_on_data_with_the_stated_statistics(capsys):
+    assert bench_evaluation.main(["--pairs", "200", "--dim", "16", "--scores", "20000", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("verification, 200 pairs of 16-d embeddings") and " s (CPU " in lines[0]
+    assert lines[1].startswith("TAR@FAR, 20000 scores (") and "1e-06: " in lines[1] and "0.1: " in lines[1]
+    rng = np.random.default_rng(0)
+    first, second, issame = bench_evaluation.embedding_pairs(4000, 512, rng)
+    cosines = np.sum(first * second, axis=1) / np.linalg.norm(first, axis=1) / np.linalg.norm(second, axis=1)
+    assert issame.mean() == 0.5
+    assert np.mean(cosines[issame]) == pytest.approx(1 / math.sqrt(1 + bench_evaluation.GENUINE_NOISE ** 2), abs=0.02)
+    assert np.mean(cosines[~issame]) == pytest.approx(0.0, abs=0.01)
+    scores, labels = bench_evaluation.similarity_scores(100_000, rng)
+    assert labels.mean() == pytest.approx(bench_evaluation.GENUINE_SCORE_FRACTION, abs=0.002)
+
+
+def test_evaluation_bench_rejects_tiny_sizes(capsys):
+    assert bench_evaluation.main(["--pairs", "5"]) == 2
+    assert "--pairs is too small: 5" in capsys.readouterr().err
