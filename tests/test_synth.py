@@ -1,13 +1,15 @@
 """SynthFaces: determinism, identity splits, label noise, landmarks, LFW pairs, long tail, CLI and data set files."""
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfface.data import schema
+from tfface.data import image_io, schema
 from tfface.data import synth
 from tfface.data.writer import read_description
 from tfface.evaluation.readers import read_lfw_pairs
@@ -214,8 +216,15 @@ def test_same_identity_is_closer_than_other_identities_at_frontal_pose():
     assert distances[same & off_diagonal].mean() < 0.8 * distances[~same].mean()
 
 
-def test_cli_writes_the_data_set_and_a_preview(tmp_path, capsys):
+def test_cli_writes_the_data_set_and_a_preview(tmp_path, capsys, monkeypatch):
     out = tmp_path / "faces"
+    renamed = []  # every file is written to a temporary name and renamed into place
+
+    def recording_replace(source, target, replace=os.replace):
+        renamed.append(Path(target))
+        replace(source, target)
+
+    monkeypatch.setattr(image_io.os, "replace", recording_replace)
     code = synth_tool.main(["--out", str(out), "--identities", "3", "--images-per-identity", "2", "--seed", "1",
                             "--test-identities", "2", "--image-size", str(SIZE), "--batch-size", str(BATCH),
                             "--long-tail", "0.5", "--no-progress"])
@@ -226,6 +235,10 @@ def test_cli_writes_the_data_set_and_a_preview(tmp_path, capsys):
     assert json.loads((out / "synth.json").read_text())["train"]["long_tail"] == 0.5
     with Image.open(out / "preview.png") as preview:
         assert preview.size[0] > 100
+    test_images = sorted((out / "test").rglob("*.png"))
+    assert len(test_images) == 2 * 2
+    assert set(test_images + [out / "test" / "pairs.txt", out / "synth.json", out / "preview.png"]) <= set(renamed)
+    assert not [path for path in out.rglob("*") if "partial" in path.name or path.suffix == ".tmp"]
 
 
 def test_cli_rejects_bad_options(tmp_path, capsys):

@@ -11,6 +11,7 @@ shows rendered faces with their landmarks, canonical depth and albedo. See tffac
 stored with every image. Invalid options print one line and exit with status 2.
 """
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def save_preview(path, rendered: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tfface.data.image_io import write_atomic
     from tfface.data.synth import five_point_landmarks
 
     count = len(rendered["image"])
@@ -99,9 +101,10 @@ def save_preview(path, rendered: dict) -> None:
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=70)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=70)
     plt.close(figure)
+    write_atomic(path, buffer.getvalue())
 
 
 def main(argv=None) -> int:

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 from tqdm import tqdm
 
 from tfface import rendering
 from tfface.data import schema
 from tfface.data import writer as writer_module
+from tfface.data.image_io import write_atomic, write_png_atomic
 
 FOV_DEGREES = 10.0
 ROTATION_CENTER_DEPTH = 1.0
@@ -643,12 +643,11 @@ def generate(out_dir, identities: int, images_per_identity: int, seed: int, *, t
                     _write_examples(writer, rendered, keys, labels, labels)
                     for (identity, image), pixels in zip(keys, rendered["image"]):
                         folder = test_dir / identity_name(identity)
-                        folder.mkdir(parents=True, exist_ok=True)
-                        Image.fromarray(pixels).save(folder / f"{identity_name(identity)}_{image + 1:04d}.png")
+                        write_png_atomic(folder / f"{identity_name(identity)}_{image + 1:04d}.png", pixels)
                     bar.update(len(keys))
             pair_folds, per_fold, lines = lfw_pairs({identity_name(i): test_images_per_identity for i in test_ids},
                                                     folds, pairs_per_fold, seed)
-            (test_dir / "pairs.txt").write_text(f"{pair_folds}\t{per_fold}\n" + "\n".join(lines) + "\n")
+            write_atomic(test_dir / "pairs.txt", (f"{pair_folds}\t{per_fold}\n" + "\n".join(lines) + "\n").encode())
             pairs = {"folds": pair_folds, "pairs_per_fold": per_fold}
     seconds = time.perf_counter() - started
 
@@ -677,5 +676,5 @@ def generate(out_dir, identities: int, images_per_identity: int, seed: int, *, t
         "seconds": round(seconds, 2),
         "images_per_second": round((len(train_keys) + len(test_keys)) / max(seconds, 1e-9), 1),
     }
-    (out_dir / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out_dir / "synth.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
