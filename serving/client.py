@@ -8,6 +8,7 @@ in the same order). The input size and dtype come from GetModelMetadata: images 
 (bilinear) to it; a float32 signature gets (pixel - 127.5) / 128.
 """
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from PIL import Image  # noqa: E402
 from tensorflow.core.framework import types_pb2  # noqa: E402
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+from tfface.data.image_io import write_atomic  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp")
 MESSAGE_BYTES = 256 << 20
@@ -130,14 +133,15 @@ def embed_files(
 
 
 def save_embeddings(out, embeddings: np.ndarray, files: Sequence[str]) -> Tuple[Path, Path]:
-    """Writes OUT.npy and OUT.txt (one path a line); returns both paths."""
+    """Writes OUT.npy and OUT.txt (one path a line), each to a temporary file renamed into place; returns both."""
     out = Path(out)
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, embeddings)
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(embeddings))
+    write_atomic(out, buffer.getvalue())
     listing = out.with_suffix(".txt")
-    listing.write_text("".join(f"{path}\n" for path in files))
+    write_atomic(listing, "".join(f"{path}\n" for path in files).encode())
     return out, listing
 
 

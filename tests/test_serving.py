@@ -297,6 +297,7 @@ def test_client_cli_embeds_png_files_like_the_keras_backbone(server, runs, tmp_p
                         str(tmp_path / "faces"), str(single)]) == 0
     files = out.with_suffix(".txt").read_text().splitlines()
     assert files == [str(folder / f"{index}.png") for index in range(4)] + [str(single)]
+    assert sorted(path.name for path in out.parent.iterdir()) == ["emb.npy", "emb.txt"]  # no temporary left
     resized = np.stack([np.asarray(Image.fromarray(image).resize((16, 20), Image.Resampling.BILINEAR))
                         for image in pixels])
     expected = keras_embeddings(runs["v1"], resized)
