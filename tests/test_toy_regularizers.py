@@ -50,6 +50,9 @@ def test_digits_experiments_run_end_to_end_and_write_their_figures(tmp_path, cap
     results = json.loads((tmp_path / "toy_results.json").read_text())
     assert (tmp_path / "toy_cia.png").stat().st_size > 10_000
     assert (tmp_path / "toy_exclusive.png").stat().st_size > 10_000
+    assert sorted(path.name for path in tmp_path.iterdir()) == [  # written through temporary files and renames
+        "toy_cia.png", "toy_exclusive.png", "toy_results.json"
+    ]
     cia = results["cia"]
     assert cia["train_class_sizes"][5:] == [13, 13, 12, 12, 12] and cia["epochs"] == 1
     for run in cia["runs"].values():

@@ -20,6 +20,7 @@ tf.data dicts {"image", "label"} fed to FaceTrainer.fit (SGD, momentum 0.9, batc
 where 0.02 made softmax's 2-D features diverge).
 """
 import argparse
+import io
 import json
 import math
 import os
@@ -40,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tfface import backbones, heads  # noqa: E402
+from tfface.data.image_io import write_atomic  # noqa: E402
 from tfface.data.pipeline import normalize_images  # noqa: E402
 from tfface.regularizers import CenterInvariantLoss, ExclusiveRegularizer  # noqa: E402
 from tfface.training import FaceTrainer, Regularizer  # noqa: E402
@@ -51,6 +53,13 @@ DEFAULT_ORL = REPO.parent / "shared" / "data" / "orl"
 DIGIT_SIZE = 16
 FACE_SIZE = 16
 MINORITY_DIGITS = (5, 6, 7, 8, 9)
+
+
+def save_figure(figure, path: Path) -> None:
+    """The figure as a PNG at 120 dpi, written to a temporary file and renamed to `path`."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    write_atomic(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -205,7 +214,7 @@ def imbalanced_cia(out_dir: Path, epochs: int = 40, cia_weight: float = 1e-5, se
         f"{cia_weight:g}\nblack: class centres of the test features; dashed circle: their mean norm", fontsize=9,
     )
     figure.tight_layout()
-    figure.savefig(out_dir / "toy_cia.png", dpi=120)
+    save_figure(figure, out_dir / "toy_cia.png")
     plt.close(figure)
     return results
 
@@ -245,7 +254,7 @@ def three_digits_exclusive(
         fontsize=9,
     )
     figure.tight_layout()
-    figure.savefig(out_dir / "toy_exclusive.png", dpi=120)
+    save_figure(figure, out_dir / "toy_exclusive.png")
     plt.close(figure)
     return results
 
@@ -295,7 +304,7 @@ def orl_exclusive(
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
     figure.tight_layout()
-    figure.savefig(out_dir / "toy_orl_sep.png", dpi=120)
+    save_figure(figure, out_dir / "toy_orl_sep.png")
     plt.close(figure)
     return results
 
@@ -354,7 +363,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.skip_orl:
         results["orl"] = orl_exclusive(out_dir, args.orl, epochs=epochs(40), seed=args.seed)
     results["seconds"] = round(time.time() - started, 1)
-    (out_dir / "toy_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomic(out_dir / "toy_results.json", (json.dumps(results, indent=2) + "\n").encode())
     print(summary(results))
     print(f"done in {results['seconds']:.0f}s; figures and toy_results.json in {out_dir}")
     return 0
