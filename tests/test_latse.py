@@ -326,6 +326,23 @@ def test_export_holds_the_student_backbone_and_no_decoder_teacher_or_bank(latse_
     assert len(stored) == len(student.variables) < len(trainer.variables)
 
 
+def assert_written_atomically(out: Path, run_tool) -> None:
+    """`out` is written through a temporary file and a rename: when the rename fails, the previous `out` is intact
+    and no temporary file is left beside it."""
+    import tfface.data.image_io as image_io
+
+    before = out.read_bytes()
+    with pytest.MonkeyPatch.context() as patch:
+        def failing_replace(source, target):
+            raise OSError("disk full (simulated)")
+
+        patch.setattr(image_io.os, "replace", failing_replace)
+        with pytest.raises(OSError, match="simulated"):
+            run_tool()
+    assert out.read_bytes() == before
+    assert sorted(path.name for path in out.parent.iterdir() if path.name.startswith(f".{out.name}")) == []
+
+
 def test_gate_stats_tool_reports_clean_and_noisy_fractions(latse_runs, noisy_data, tmp_path, capsys):
     teacher_dir, _ = latse_runs
     out = tmp_path / "gate.json"
@@ -345,6 +362,8 @@ def test_gate_stats_tool_reports_clean_and_noisy_fractions(latse_runs, noisy_dat
     expected = gate_statistics(ranks, labels, true_labels, ks=(1, 2))
     assert report["k"]["1"] == pytest.approx(expected[1]) and report["k"]["2"] == pytest.approx(expected[2])
     assert gate_stats.main(["--teacher", str(teacher_dir), "--data", str(tmp_path)]) == 2
+    assert_written_atomically(out, lambda: gate_stats.main(["--teacher", str(teacher_dir), "--data", str(noisy_data),
+                                                            "--k", "1", "--out", str(out)]))
 
 
 def test_decoder_grid_shows_input_generated_and_difference(latse_runs, noisy_data, tmp_path):
@@ -365,6 +384,8 @@ def test_decoder_grid_shows_input_generated_and_difference(latse_runs, noisy_dat
     assert (cell_at(0, 0)[0:6, 0:6] >= 200).all()  # identity 0's bright square, centre-cropped from 20x20
     assert decoder_grid.main(["--work_dir", str(student_dir.parent / "teacher"), "--data", str(noisy_data),
                               "--out", str(out)]) == 2
+    assert_written_atomically(out, lambda: decoder_grid.main(["--work_dir", str(student_dir), "--data",
+                                                              str(noisy_data), "--count", "2", "--out", str(out)]))
 
 
 def test_grid_image_layout():

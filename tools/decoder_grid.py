@@ -20,9 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from tfface.branches.frontal_decoder import FrontalDecoder  # noqa: E402
+from tfface.data.image_io import write_png_atomic  # noqa: E402
 from tfface.data.pipeline import denormalize_images, make_dataset  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.training.builder import build_trainer  # noqa: E402
@@ -115,8 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     embeddings = trainer.backbone(images, training=False)["embedding"]
     generated = denormalize_images(decoder.generate(embeddings)).numpy()
     inputs = denormalize_images(decoder.target_images(images)).numpy()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid_image(inputs, generated, args.scale)).save(args.out)
+    write_png_atomic(args.out, grid_image(inputs, generated, args.scale))  # temporary file, then a rename
     print(f"wrote {args.out}: {args.count} identities, rows input / generated / |difference|")
     return 0
 

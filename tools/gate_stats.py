@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from tfface.data.image_io import write_atomic  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
@@ -79,8 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text + "\n")
+        write_atomic(args.out, (text + "\n").encode("utf-8"))  # temporary file, then a rename
     return 0
 
 
