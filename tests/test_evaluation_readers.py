@@ -198,3 +198,41 @@ def test_real_orl_faces_through_csv_reader_and_evaluate_pairs(shared_data, tmp_p
     result = evaluate_pairs(embeddings[index1], embeddings[index2], pairs.issame, folds=pairs.folds)
     assert len(result["fold_accuracies"]) == 10
     assert result["accuracy_mean"] > 0.75 and result["auc"] > 0.8
+
+
+@pytest.mark.parametrize(
+    "layout, text, message",
+    [
+        ("lfw", "Alice 1 2\nAlice one 2\n", r"pairs.txt, line 2: expected 'name n1 n2' or 'name1 n1 name2 n2', "
+                                            r"got 'Alice one 2'"),
+        ("lfw", "1 2\nAlice 1 2\nAlice 1 Bob 1 extra\n", r"pairs.txt, line 3: expected 'name n1 n2'"),
+        ("cfp_list", "1 ../Data/Images/001/frontal/01.jpg\n\n2\n", r"Pair_list_F.txt, line 3: expected 'id path', "
+                                                                   r"got '2'"),
+        ("cfp_list", "x ../Data/Images/001/frontal/01.jpg\n", r"Pair_list_F.txt, line 1: expected 'id path'"),
+        ("cfp_split", "1,2\n1,2,3\n", r"FF/01/same.txt, line 2: expected 'i,j', got '1,2,3'"),
+        ("csv", "path1,path2,issame,fold\na.png,b.png,1,0\na.png,b.png,1\n",
+         r"pairs.csv, line 3: expected 4 fields like the first row, got 3"),
+        ("csv", "path1,path2,issame,fold\na.png,b.png,1,first\n", r"pairs.csv, line 2: fold must be a non-negative"),
+        ("csv", "path1,path2,same\na.png,b.png,1\n", r"pairs.csv, line 1: header must be 'path1,path2,issame"),
+        ("csv", "a.png,b.png\n", r"pairs.csv, line 1: expected 'path1,path2,issame\[,fold\]'"),
+    ],
+)
+def test_malformed_lines_name_the_file_and_line(tmp_path, layout, text, message):
+    """One malformed line in an otherwise valid file of each published layout: a ValueError naming the file and the
+    line number (blank lines count)."""
+    if layout == "lfw":
+        images = lfw_tree(tmp_path / "lfw")
+        (tmp_path / "pairs.txt").write_text(text)
+        read = lambda: read_lfw_pairs(tmp_path / "pairs.txt", images)  # noqa: E731
+    elif layout.startswith("cfp"):
+        root = cfp_tree(tmp_path / "cfp")
+        target = "Pair_list_F.txt" if layout == "cfp_list" else "Split/FF/01/same.txt"
+        (root / "Protocol" / target).write_text(text)
+        read = lambda: read_cfp_pairs(root, "FF")  # noqa: E731
+    else:
+        write_image(tmp_path / "a.png", 1)
+        write_image(tmp_path / "b.png", 2)
+        (tmp_path / "pairs.csv").write_text(text)
+        read = lambda: read_pairs_csv(tmp_path / "pairs.csv")  # noqa: E731
+    with pytest.raises(ValueError, match=message):
+        read()

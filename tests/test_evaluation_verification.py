@@ -1,7 +1,8 @@
-"""Verification metrics against numbers worked out by hand and independent numpy / scipy computations."""
+"""Verification metrics against numbers worked out by hand and independent numpy / scipy / sklearn computations."""
 import numpy as np
 import pytest
 from scipy.interpolate import BSpline
+from sklearn import metrics
 
 from tfface.evaluation import (
     area_under_roc,
@@ -12,7 +13,13 @@ from tfface.evaluation import (
     tar_at_far,
     val_at_far,
 )
-from tfface.evaluation.verification import fold_splits, rates_at_thresholds, threshold_at_far
+from tfface.evaluation.verification import (
+    REPORTED_FARS,
+    fold_splits,
+    rates_at_thresholds,
+    roc_curve,
+    threshold_at_far,
+)
 
 
 def pairs_at_distances(distances):
@@ -230,3 +237,75 @@ def test_bad_inputs_raise_errors_naming_the_argument():
         tar_at_far([0.1, 0.2], [1, 0], fars=(1.5,))
     with pytest.raises(ValueError, match="fold 0"):
         val_at_far(first[:4], second[:4], [True, True, False, False], n_folds=2)
+
+
+def fixed_score_list():
+    """700 genuine and 3,000 impostor similarity scores, rounded to 3 decimals (ties within and across the two
+    groups), shuffled; a fixed seed."""
+    rng = np.random.default_rng(11)
+    genuine = np.round(rng.normal(0.6, 0.15, size=700), 3)
+    impostor = np.round(rng.normal(0.1, 0.15, size=3000), 3)
+    order = rng.permutation(3700)
+    return np.r_[genuine, impostor][order], np.r_[np.ones(700), np.zeros(3000)][order].astype(int)
+
+
+def test_score_list_metrics_equal_sklearn_roc_curve_and_numpy():
+    """ROC, AUC, EER and the TAR@FAR table of a fixed score list against `sklearn.metrics.roc_curve` and plain numpy
+    (pairwise counts, brute force over every distinct threshold), not against tfface code."""
+    scores, labels = fixed_score_list()
+    genuine, impostor = scores[labels == 1], scores[labels == 0]
+    reference_fpr, reference_tpr, reference_thresholds = metrics.roc_curve(labels, scores)
+    fpr, tpr, thresholds = roc_curve(scores, labels)
+    np.testing.assert_array_equal(fpr, reference_fpr)
+    np.testing.assert_array_equal(tpr, reference_tpr)
+    np.testing.assert_array_equal(thresholds, reference_thresholds)
+
+    # AUC: the trapezoids under sklearn's ROC, and the Mann-Whitney count (ties count one half)
+    wins = (genuine[:, None] > impostor[None, :]).sum() + 0.5 * (genuine[:, None] == impostor[None, :]).sum()
+    assert area_under_roc(scores, labels) == pytest.approx(np.trapezoid(reference_tpr, reference_fpr), abs=1e-12)
+    assert area_under_roc(scores, labels) == pytest.approx(wins / (len(genuine) * len(impostor)), abs=1e-12)
+
+    # EER: where the ROC polyline through every sklearn point crosses FNR = FPR, i.e. fpr + tpr - 1 = 0
+    all_fpr, all_tpr, _ = metrics.roc_curve(labels, scores, drop_intermediate=False)
+    gap = all_fpr + all_tpr - 1.0
+    segment = int(np.flatnonzero((gap[:-1] <= 0) & (gap[1:] >= 0))[0])
+    share = 0.0 if gap[segment] == 0 else -gap[segment] / (gap[segment + 1] - gap[segment])
+    expected_eer = all_fpr[segment] + share * (all_fpr[segment + 1] - all_fpr[segment])
+    eer = equal_error_rate(scores, labels)
+    assert eer == pytest.approx(expected_eer, abs=1e-12)
+    assert 0.01 < eer < 0.2
+
+    # TAR@FAR: the best true accept rate of "genuine iff score >= t" over every distinct t (and +inf) that lets at
+    # most floor(FAR x impostors) impostors through, once from sklearn's ROC points and once by brute force
+    fars = REPORTED_FARS + (0.0123, 0.25)
+    table = tar_at_far(scores, labels, fars=fars)
+    candidates = np.r_[np.unique(scores), np.inf]
+    false_accepts = (impostor[None, :] >= candidates[:, None]).sum(axis=1)
+    true_accepts = (genuine[None, :] >= candidates[:, None]).mean(axis=1)
+    sklearn_false_accepts = np.rint(all_fpr * len(impostor))
+    for far in fars:
+        allowed = np.floor(far * len(impostor) + 1e-9)
+        assert table[far] == pytest.approx(true_accepts[false_accepts <= allowed].max(), abs=1e-12), far
+        assert table[far] == pytest.approx(all_tpr[sklearn_false_accepts <= allowed].max(), abs=1e-12), far
+    assert 0 < table[1e-6] < table[1e-2] < table[0.25] < 1
+
+
+def test_kfold_accuracy_on_600_random_pairs_equals_a_numpy_brute_force():
+    rng = np.random.default_rng(12)
+    first = rng.normal(size=(600, 8))
+    issame = rng.random(600) < 0.5
+    second = np.where(issame[:, None], first + 0.9 * rng.normal(size=(600, 8)), rng.normal(size=(600, 8)))
+    result = kfold_accuracy(first, second, issame, n_folds=10)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    distances = np.sum((unit(first) - unit(second)) ** 2, axis=1)
+    thresholds = np.arange(0, 4, 0.01)
+    expected_accuracies, expected_thresholds = [], []
+    for test in np.array_split(np.arange(600), 10):
+        train = np.setdiff1d(np.arange(600), test)
+        train_accuracy = [np.mean((distances[train] < t) == issame[train]) for t in thresholds]
+        best = thresholds[int(np.argmax(train_accuracy))]
+        expected_thresholds.append(best)
+        expected_accuracies.append(np.mean((distances[test] < best) == issame[test]))
+    np.testing.assert_allclose(result["accuracies"], expected_accuracies)
+    np.testing.assert_allclose(result["thresholds"], expected_thresholds)
+    assert 0.6 < np.mean(expected_accuracies) < 0.99
