@@ -305,6 +305,21 @@ def test_flip_modes_and_pca_on_a_foreign_model(tmp_path, benchmarks, foreign_mod
     assert report["settings"]["flip"] == flip and report["settings"]["pca"] == pca
 
 
+def test_the_issues_command_line_with_a_bare_flip_flag(tmp_path, benchmarks, tfface_model, capsys):
+    """`--model M --benchmark lfw=DIR --benchmark cfp_fp=PATH.bin --flip --out R`: a bare --flip is the summed flip
+    test, the same report as --flip sum."""
+    model_path, _ = tfface_model
+    common = ["--model", model_path, "--benchmark", f"lfw={benchmarks['lfw'][0]}",
+              "--benchmark", f"cfp_fp={benchmarks['agedb'][0]}"]
+    assert run_main(common + ["--flip", "--out", tmp_path / "bare"], capsys)[0] == 0
+    assert run_main(common + ["--flip", "sum", "--out", tmp_path / "sum"], capsys)[0] == 0
+    bare, summed = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("bare", "sum"))
+    assert bare["settings"]["flip"] == "sum" and bare["command"].endswith("--flip --out " + str(tmp_path / "bare"))
+    for name in ("lfw", "cfp_fp"):
+        for key in ("accuracy_mean", "accuracy_std", "auc", "eer", "tar_at_far"):
+            assert bare["benchmarks"][name][key] == summed["benchmarks"][name][key], (name, key)
+
+
 @pytest.mark.parametrize("flip", ["none", "sum", "concat"])
 def test_distinct_images_are_embedded_once_in_batches_and_flip_fused(flip):
     """Scores on tiny benchmarks tie too easily to tell flip modes apart, so the fused embeddings are checked here

@@ -10,7 +10,7 @@ of every benchmark are resized to them. --model may also be a model base path (t
 A benchmark's kind comes from its value: a folder with pairs.txt is LFW (one folder per identity beside it), a
 .bin file an insightface verification set, a folder with Protocol/ CFP (":FF" or ":FP" after it picks the
 protocol, FP by default), a .csv file a pairs CSV (path1,path2,issame[,fold]). Each distinct image is embedded
-once (and once mirrored with --flip sum|concat); pairs are scored with `tfface.evaluation.evaluate_pairs`, using the
+once (and once mirrored with --flip sum|concat; a bare --flip is sum, the default); pairs are scored with `tfface.evaluation.evaluate_pairs`, using the
 benchmark's own folds when it defines them (else --folds contiguous folds) and, with --pca N, a PCA fitted on the
 training folds only.
 
@@ -310,7 +310,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument(
         "--benchmark", action="append", required=True, metavar="NAME=PATH", help=f"repeatable; PATH is {KIND_HELP}"
     )
-    parser.add_argument("--flip", choices=FLIP_CHOICES, default="sum", help="fuse with mirrored images (sum, concat)")
+    parser.add_argument(
+        "--flip", nargs="?", const="sum", choices=FLIP_CHOICES, default="sum",
+        help="fuse each embedding with its mirrored image's: sum (insightface; also a bare --flip), concat, none",
+    )
     parser.add_argument("--pca", type=int, default=0, help="PCA components fitted on training folds (0: none)")
     parser.add_argument("--folds", type=int, default=10, help="contiguous folds for benchmarks that define none")
     parser.add_argument(
