@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
+from tfface.training.callbacks import AtomicCSVLogger
 from trainers.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +106,33 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
     assert json.loads(metadata.read_text())["epoch"] == 3
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "run" / "history.csv"))]
     assert epochs[-2:] == [1, 2]
+
+
+def test_history_csv_is_renamed_into_place_every_epoch_and_matches_keras_csv_logger(tmp_path, monkeypatch):
+    """Two runs (the second a resumed one) log three epochs: the same bytes as Keras' CSVLogger, each epoch's file
+    written to a temporary name in the same folder and renamed over history.csv."""
+    ours, theirs = tmp_path / "ours" / "history.csv", tmp_path / "keras" / "history.csv"
+    ours.parent.mkdir()
+    theirs.parent.mkdir()
+    renamed = []
+
+    def recording_replace(source, target, replace=os.replace):
+        assert Path(source).parent == Path(target).parent and Path(source) != Path(target)
+        renamed.append(Path(target))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    for epochs in ((0, 1), (2,)):
+        for logger in (AtomicCSVLogger(str(ours), append=True), keras.callbacks.CSVLogger(str(theirs), append=True)):
+            logger.on_train_begin()
+            for epoch in epochs:
+                logger.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "accuracy": 0.25 * epoch})
+            logger.on_train_end()
+    assert renamed == [ours] * 3
+    assert ours.read_bytes() == theirs.read_bytes()
+    rows = list(csv.DictReader(open(ours, newline="")))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"] and float(rows[2]["loss"]) == 1 / 3
+    assert os.listdir(ours.parent) == ["history.csv"]
 
 
 def write_pairs_folder(root: Path) -> Path:

@@ -24,6 +24,7 @@ from tfface.errors import ConfigError  # noqa: E402
 from tfface.training.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
 from tfface.training.callbacks import (  # noqa: E402
     AtomicBackupAndRestore,
+    AtomicCSVLogger,
     EpochCheckpoint,
     load_layer_weights,
     save_layer_weights_atomically,
@@ -116,7 +117,7 @@ def callbacks_for(config: Dict) -> List[keras.callbacks.Callback]:
         )
     callbacks += [
         AtomicBackupAndRestore(os.path.join(work_dir, "backup")),
-        keras.callbacks.CSVLogger(os.path.join(work_dir, "history.csv"), append=True),
+        AtomicCSVLogger(os.path.join(work_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=os.path.join(work_dir, "logs"), write_graph=False),
     ]
     if config["train"]["checkpoint_every_epoch"]:

@@ -1,9 +1,12 @@
 """Callbacks of a training run: atomic per-epoch checkpoints and backups that survive SIGKILL."""
+import io
 import json
 import os
 
 import keras
 import numpy as np
+
+from tfface.data.image_io import write_atomic
 
 
 def save_weights_atomically(layer_or_model, path: str) -> None:
@@ -51,6 +54,29 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         write_json_atomically(
             {"epoch": self._current_epoch, "batch": self._last_batch_seen}, self._training_metadata_path
         )
+
+
+class AtomicCSVLogger(keras.callbacks.CSVLogger):
+    """Keras' CSVLogger (one row per epoch; a resumed run appends to the rows already there) with the whole file
+    rewritten to a temporary file and renamed after every epoch, so a kill never leaves a half-written row for the
+    resumed run to append to."""
+
+    def on_train_begin(self, logs=None):
+        previous = ""
+        if self.append and os.path.exists(self.filename):
+            with open(self.filename, newline="") as handle:  # keep the csv module's \r\n line ends
+                previous = handle.read()
+        self.append_header = not previous.split("\n", 1)[0]
+        if self.csv_file and not self.csv_file.closed:
+            self.csv_file.close()
+        self.csv_file = io.StringIO()
+        self.csv_file.write(previous)
+        self.writer = None
+        self.keys = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        write_atomic(self.filename, self.csv_file.getvalue().encode("utf-8"))
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
