@@ -127,3 +127,39 @@ def test_bad_grid_is_named(tmp_path, grid, message):
 def test_cli_reports_a_missing_grid(tmp_path, capsys):
     assert ablate.main(["--grid", str(tmp_path / "nope.yaml")]) == 2
     assert "--grid: file not found" in capsys.readouterr().err
+
+
+def test_a_missing_benchmark_is_named_before_anything_trains(grid_file, tmp_path, monkeypatch):
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a cell trained although a benchmark is missing")
+
+    monkeypatch.setattr(ablate, "run_cell", must_not_train)
+    grid = yaml.safe_load(grid_file.read_text())
+    grid["benchmarks"]["lfw"] = str(tmp_path / "no_such_benchmark")
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ConfigError, match=r"grid benchmarks: benchmark lfw: not found: .*no_such_benchmark"):
+        ablate.run_grid(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_is_replaced_atomically(tmp_path, monkeypatch):
+    """A failed write leaves the previous table whole and no temporary file beside it."""
+    grid = ablate.Grid(base="c.yaml", seeds=[0], benchmarks={"synth": "data"}, overrides=[],
+                       cells=[ablate.Cell("baseline", [])], out=None)
+    score = {"mean": 0.5, "std": 0.0, "n": 1}
+    table = {"baseline": {"overrides": [], "seeds": [0], "benchmarks": {"synth": {"accuracy": score, "auc": score}},
+                          "steps_per_second": 1.0, "finite": True}}
+    ablate.write_report(grid, "grid.yaml", table, tmp_path / "table")
+    before = {suffix: (tmp_path / f"table{suffix}").read_text() for suffix in (".md", ".json")}
+    assert "| baseline | 50.00 ± 0.00 | 0.5000 ± 0.0000 | 1.00 | (none) |" in before[".md"]
+
+    def failing_replace(source, destination):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", failing_replace)
+    table["baseline"]["benchmarks"]["synth"]["accuracy"] = {"mean": 0.9, "std": 0.0, "n": 1}
+    with pytest.raises(OSError, match="disk full"):
+        ablate.write_report(grid, "grid.yaml", table, tmp_path / "table")
+    assert {suffix: (tmp_path / f"table{suffix}").read_text() for suffix in (".md", ".json")} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["table.json", "table.md"]

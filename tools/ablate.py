@@ -18,9 +18,10 @@ Each (cell, seed) trains with trainers.train.train in OUT/<cell>/seed<seed>/ (co
 exported with tfface.export.export_run to OUT/<cell>/seed<seed>/export/1 and evaluated on every benchmark with
 tools.evaluate (flip test "sum", 10 folds). Its numbers go to OUT/<cell>/seed<seed>/result.json, written last: a cell
 with that file is not trained again, and a killed cell resumes from the trainer's backup in its work dir.
-The table (OUT/ablation.md and OUT/ablation.json; with --report PREFIX also PREFIX.md and PREFIX.json) has one row per
-cell: per benchmark the 10-fold verification accuracy and the AUC as mean +- std over seeds (population std, ddof 0),
-and the mean training throughput (steps/s) of the cell's runs.
+The table (OUT/ablation.md and OUT/ablation.json; with --report PREFIX also PREFIX.md and PREFIX.json; each written to
+a temporary file and renamed) has one row per cell: per benchmark the 10-fold verification accuracy and the AUC as
+mean +- std over seeds (population std, ddof 0), and the mean training throughput (steps/s) of the cell's runs.
+Every cell's config and every benchmark path are checked before the first cell trains.
 """
 import argparse
 import json
@@ -36,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from tfface.data.image_io import write_atomic  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 
 GRID_KEYS = {"base", "seeds", "benchmarks", "overrides", "cells", "out"}
@@ -124,6 +126,17 @@ def cell_config(grid: Grid, cell: Cell, seed: int, out_dir) -> Dict:
     overrides = [*grid.overrides, *cell.overrides, f"seed={seed}", f"work_dir={work_dir}",
                  f"name={cell.name}-seed{seed}"]
     return load_config(grid.base, overrides)
+
+
+def check_benchmarks(grid: Grid) -> None:
+    """Every benchmark of the grid exists and is of a kind tools.evaluate reads (ConfigError naming it otherwise)."""
+    from tools.evaluate import parse_benchmark
+
+    for name, path in grid.benchmarks.items():
+        try:
+            parse_benchmark(f"{name}={path}")
+        except ConfigError as error:
+            raise ConfigError(f"grid benchmarks: {error}") from None
 
 
 def evaluate_export(export_dir, benchmarks: Dict[str, str]) -> Dict[str, Dict]:
@@ -229,18 +242,19 @@ def write_report(grid: Grid, grid_path, table: Dict, prefix) -> None:
         "Verification accuracy: 10-fold, flip test (sum), of the exported model; mean ± std over seeds.\n\n"
         + markdown_table(grid, table)
     )
-    prefix.with_suffix(".md").write_text(text)
     payload = {"grid": str(grid_path), "base": grid.base, "seeds": grid.seeds, "benchmarks": grid.benchmarks,
                "overrides": grid.overrides, "cells": table}
-    prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_atomic(prefix.with_suffix(".md"), text.encode("utf-8"))
+    write_atomic(prefix.with_suffix(".json"), (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
 
 
 def run_grid(grid_path, out_dir=None, report=None) -> Dict:
     """Runs every unfinished (cell, seed) of the grid, then writes the tables; returns the summary."""
     grid = read_grid(grid_path)
     out_dir = Path(out_dir or grid.out or Path("runs") / "ablate" / Path(grid_path).stem)
-    for cell in grid.cells:  # every config resolves before anything trains
+    for cell in grid.cells:  # every config and benchmark resolves before anything trains
         cell_config(grid, cell, grid.seeds[0], out_dir)
+    check_benchmarks(grid)
     total = len(grid.cells) * len(grid.seeds)
     results: Dict[str, List[Dict]] = {cell.name: [] for cell in grid.cells}
     done = 0
