@@ -9,7 +9,7 @@ from tools import bench_evaluation, bench_partial_fc, bench_pipeline, bench_trai
 
 
 def test_train_comparison_runs_every_combination_and_writes_a_markdown_table(tmp_path, capsys):
-    out = tmp_path / "train.md"
+    out = tmp_path / "tables" / "train.md"  # its folder is created; written to a temporary file and renamed
     argv = [
         "--compare", "--backbones", "tiny", "--heads", "softmax", "partial_fc", "--precisions", "float32",
         "mixed_bfloat16", "--batches", "4", "--size", "16", "16", "--classes", "10", "--warmup", "1", "--steps", "1",
@@ -28,6 +28,7 @@ def test_train_comparison_runs_every_combination_and_writes_a_markdown_table(tmp
         assert float(row[5]) > 0 and float(row[6]) > 0 and float(row[7]) > 0
         assert math.isclose(float(row[5]), 4 / (float(row[6]) / 1000), rel_tol=0.1)
     assert capsys.readouterr().out.strip().splitlines() == lines
+    assert [path.name for path in out.parent.iterdir()] == ["train.md"]
 
 
 def test_train_bench_rejects_unknown_names(capsys):
@@ -58,6 +59,7 @@ def test_pipeline_bench_cli_writes_its_table(tmp_path, capsys):
             "--markdown", str(out)]
     assert bench_pipeline.main(argv) == 0
     assert len(out.read_text().strip().splitlines()) == 6
+    assert [path.name for path in tmp_path.iterdir()] == ["pipeline.md"]
     assert bench_pipeline.main(["--synthetic", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
 

@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfface.data.image_io import write_atomic  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.schema import make_example  # noqa: E402
 from tfface.data.writer import ShardedTFRecordWriter, read_description  # noqa: E402
@@ -133,8 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = markdown_table(rows)
     print(table)
     if args.markdown:
-        with open(args.markdown, "w") as handle:
-            handle.write(table + "\n")
+        write_atomic(args.markdown, (table + "\n").encode("utf-8"))
     return 0
 
 

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfface import backbones, heads  # noqa: E402
+from tfface.data.image_io import write_atomic  # noqa: E402
 from tfface.training import FaceTrainer  # noqa: E402
 from tfface.training.precision import PRECISIONS, precision_scope, wrap_optimizer  # noqa: E402
 from tfface.training.strategy import STRATEGIES, select_strategy  # noqa: E402
@@ -175,8 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
             table = markdown_table(rows)
             if args.markdown:
-                with open(args.markdown, "w") as handle:
-                    handle.write(table + "\n")
+                write_atomic(args.markdown, (table + "\n").encode("utf-8"))
             return 0
         result = benchmark(
             args.backbone, args.head, args.batch, precision=args.precision,
