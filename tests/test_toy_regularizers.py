@@ -67,6 +67,17 @@ def test_digits_experiments_run_end_to_end_and_write_their_figures(tmp_path, cap
     assert "softmax + CIA |" in printed and "random W |" in printed
 
 
+def test_missing_or_empty_orl_folder_is_one_error_line_before_any_training(tmp_path, capsys):
+    missing, empty = tmp_path / "nowhere", tmp_path / "empty"
+    empty.mkdir()
+    for orl, message in ((missing, f"error: ORL folder not found: {missing}"),
+                         (empty, f"error: --orl {empty}: no ORL subject folders s1..s40")):
+        assert toy.main(["--out", str(tmp_path / "out"), "--orl", str(orl)]) == 2
+        error_lines = capsys.readouterr().err.strip().splitlines()
+        assert len(error_lines) == 1 and error_lines[0].startswith(message), error_lines
+    assert not (tmp_path / "out" / "toy_results.json").exists()
+
+
 def test_orl_experiment_compares_with_random_w(shared_data, tmp_path):
     results = toy.orl_exclusive(tmp_path, shared_data / "orl", epochs=1, embedding_size=8)
     assert (tmp_path / "toy_orl_sep.png").is_file()

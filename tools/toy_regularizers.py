@@ -351,6 +351,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.skip_orl and not Path(args.orl).is_dir():
         print(f"error: ORL folder not found: {args.orl} (pass --orl or --skip-orl)", file=sys.stderr)
         return 2
+    if not args.skip_orl and not any(path.is_dir() for path in Path(args.orl).glob("s*")):
+        print(f"error: --orl {args.orl}: no ORL subject folders s1..s40 in it (pass --orl or --skip-orl)",
+              file=sys.stderr)
+        return 2
 
     def epochs(count: int) -> int:
         return max(1, int(round(count * args.epochs_scale)))
