@@ -342,6 +342,58 @@ def test_cached_and_seeded_datasets_repeat_identically(five_point_dir):
     np.testing.assert_array_equal(first_batches(cache=True), first_batches())
 
 
+KILLED_WHILE_CACHING = """
+import os, sys
+from tfface.data import make_dataset
+dataset = make_dataset(sys.argv[1], batch_size=2, shuffle_buffer=1, cache=sys.argv[2], seed=0)
+iterator = iter(dataset)  # held: a dropped iterator removes its lock
+next(iterator)
+print(sorted(os.listdir(os.path.dirname(sys.argv[2]))), flush=True)
+os._exit(0)  # killed: no cleanup, the cache's lock stays
+"""
+
+
+def test_a_cache_file_left_locked_by_a_killed_run_is_taken_over(tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_dataset(tmp_path / "data", [make_example(coded_image(), i % 3) for i in range(400)])
+    cache = tmp_path / "cache" / "train"
+    repo = Path(__file__).resolve().parents[1]
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_CACHING, str(tmp_path / "data"), str(cache)],
+                            cwd=repo, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 0, killed.stderr[-3000:]
+    assert "train_0.lockfile" in killed.stdout and "train.index" not in killed.stdout, killed.stdout
+
+    dataset = make_dataset(tmp_path / "data", batch_size=50, shuffle_buffer=1, cache=str(cache), seed=0)
+    assert "removed the lock and 1 partial file(s)" in capsys.readouterr().out
+    labels = np.concatenate([batch["label"].numpy() for batch in dataset.take(9)])  # 450 > 400: one full pass
+    assert labels.shape == (450,) and set(labels.tolist()) == {0, 1, 2}
+    del dataset
+    names = sorted(path.name for path in cache.parent.iterdir())
+    assert "train.index" in names and not [name for name in names if "lockfile" in name or "tempstate" in name]
+    # the finished cache is read as it is
+    make_dataset(tmp_path / "data", batch_size=50, cache=str(cache))
+    assert capsys.readouterr().out == ""
+
+
+def test_a_cache_file_locked_by_a_live_or_unknown_process_is_refused(tmp_path):
+    import os
+    import socket
+
+    write_dataset(tmp_path, [make_example(coded_image(), 0)])
+    cache = tmp_path / "cache"
+    (tmp_path / "cache_0.lockfile").write_text("Created at: 0")
+    with pytest.raises(ValueError, match=r"cache .*cache is being written by an unknown process \(lock .*cache_0\.lockfile"):
+        make_dataset(tmp_path, batch_size=1, cache=str(cache))
+    live = os.getppid()
+    (tmp_path / "cache.owner").write_text(json.dumps({"host": socket.gethostname(), "pid": live}))
+    with pytest.raises(ValueError, match=f"being written by process {live} on {socket.gethostname()}"):
+        make_dataset(tmp_path, batch_size=1, cache=str(cache))
+    assert (tmp_path / "cache_0.lockfile").is_file()
+
+
 def test_examples_come_in_written_order_across_shards(tmp_path):
     write_dataset(tmp_path, [make_example(coded_image(), i, source_id=str(i)) for i in range(5)],
                   examples_per_shard=2)

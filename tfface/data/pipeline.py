@@ -4,6 +4,10 @@ Geometry conventions: landmark pixel coordinates are continuous (the image spans
 scales them by the size ratio, a crop subtracts its offset, and a horizontal flip maps x to W - x and swaps the
 left/right landmark indices. Emitted landmarks are normalised by the output image size: (x / w, y / h).
 """
+import glob
+import json
+import os
+import socket
 from pathlib import Path
 
 import keras
@@ -11,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfface.data import schema
+from tfface.data.image_io import write_atomic
 from tfface.data.writer import read_description
 
 EXTRA_FEATURES = ("landmarks", "pose", "light", "attributes", "true_label", "depth", "albedo", "source_id")
@@ -175,6 +180,60 @@ class _Augmenter:
         return example
 
 
+def _cache_owner(owner_file: Path):
+    """(host, pid) from a cache's owner file, None when it is missing or unreadable."""
+    try:
+        owner = json.loads(owner_file.read_text())
+        return str(owner["host"]), int(owner["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _process_is_gone(host: str, pid: int) -> bool:
+    """True only for a process of this host that no longer runs."""
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def prepare_cache_file(cache) -> str:
+    """The file prefix for `tf.data.Dataset.cache`; its folder is created.
+
+    tf.data writes a cache during the first full pass under a lock file (PREFIX_0.lockfile) and renames it into
+    PREFIX.index / PREFIX.data-* at the end. A run killed before that leaves the lock, and every later run fails on
+    it. PREFIX.owner (host and pid, written here) says which process writes the cache: the lock of a process of this
+    host that is gone is removed with its partial files, so a killed run resumes; a lock held by a live process, by
+    another host or by nobody known is a ValueError naming the files.
+    """
+    path = Path(cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if Path(f"{path}.index").is_file():  # a finished cache: read, whatever locks are around
+        return str(path)
+    owner_file = Path(f"{path}.owner")
+    pattern = glob.escape(path.name)
+    locks = sorted(path.parent.glob(f"{pattern}_*.lockfile"))
+    if locks:
+        owner = _cache_owner(owner_file)
+        if owner is None or not _process_is_gone(*owner):
+            writer = "an unknown process" if owner is None else f"process {owner[1]} on {owner[0]}"
+            raise ValueError(
+                f"cache {path} is being written by {writer} (lock {locks[0]}): give each run its own cache file, "
+                f"or delete {locks[0]} if no run is writing it"
+            )
+        partial = [name for name in path.parent.glob(f"{pattern}_*") if "tempstate" in name.name]
+        for stale in [*locks, *partial]:
+            stale.unlink(missing_ok=True)
+        print(f"cache {path}: removed the lock and {len(partial)} partial file(s) of process {owner[1]}, which is gone")
+    write_atomic(owner_file, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode("utf-8"))
+    return str(path)
+
+
 def make_dataset(
     data_dir,
     *,
@@ -207,7 +266,7 @@ def make_dataset(
         examples come in written order with a centre crop.
       crop_size: int or (h, w) crop taken from the resized image; output size is crop_size (else image_size).
       repeat, drop_remainder: default to `training`.
-      cache: True caches decoded images in memory, a str caches them in that file.
+      cache: True caches decoded images in memory, a str caches them in that file (see `prepare_cache_file`).
       seed: makes shuffling and augmentation reproducible.
     """
     data_dir = Path(data_dir)
@@ -245,7 +304,7 @@ def make_dataset(
     )
     if cache:
         dataset = dataset.map(augment.decode, num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.cache("" if cache is True else str(cache))
+        dataset = dataset.cache("" if cache is True else prepare_cache_file(cache))
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
