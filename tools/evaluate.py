@@ -10,9 +10,9 @@ of every benchmark are resized to them. --model may also be a model base path (t
 A benchmark's kind comes from its value: a folder with pairs.txt is LFW (one folder per identity beside it), a
 .bin file an insightface verification set, a folder with Protocol/ CFP (":FF" or ":FP" after it picks the
 protocol, FP by default), a .csv file a pairs CSV (path1,path2,issame[,fold]). Each distinct image is embedded
-once (and once mirrored with --flip sum|concat; a bare --flip is sum, the default); pairs are scored with `tfface.evaluation.evaluate_pairs`, using the
-benchmark's own folds when it defines them (else --folds contiguous folds) and, with --pca N, a PCA fitted on the
-training folds only.
+once (and once mirrored with --flip sum|concat; a bare --flip is sum, the default); pairs are scored with
+`tfface.evaluation.evaluate_pairs`, using the benchmark's own folds when it defines them (else --folds contiguous
+folds) and, with --pca N, a PCA fitted on the training folds only.
 
 REPORT_DIR gets report.json (per benchmark accuracy_mean, accuracy_std, auc, eer, best_threshold, val, far,
 tar_at_far, pairs, images, seconds; the model's metadata and the command), report.md and roc_NAME.png.
