@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfface import backbones, heads
 from tfface.training import Branch, FaceTrainer, Gate, Regularizer
-from tfface.training.strategy import mirrored_strategy
+from tfface.training.strategy import mirrored_strategy, select_strategy
 
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 4
@@ -189,6 +189,26 @@ def test_mirrored_step_equals_single_device_step():
     mirrored.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)
     for mine, theirs in zip(mirrored.get_weights(), single.get_weights()):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+def test_auto_strategy_is_mirrored_whenever_more_than_one_device_is_visible():
+    """trainers.train's default `train.strategy: auto`: MirroredStrategy over every GPU (without GPUs, every logical
+    CPU device; conftest makes two), the default strategy when only one device is visible."""
+    gpus, cpus = tf.config.list_logical_devices("GPU"), tf.config.list_logical_devices("CPU")
+    devices = gpus or cpus
+    strategy = select_strategy("auto")
+    if len(devices) > 1:
+        assert isinstance(strategy, tf.distribute.MirroredStrategy)
+        assert strategy.num_replicas_in_sync == len(devices)
+        assert sorted(name.split("/")[-1] for name in strategy.extended.worker_devices) == sorted(
+            device.name.split("/")[-1] for device in devices
+        )
+    else:
+        assert strategy is tf.distribute.get_strategy()
+    assert len(cpus) == 2 or gpus  # the test setup's two logical CPU devices
+    assert select_strategy("default") is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="train.strategy: unknown strategy 'ring'"):
+        select_strategy("ring")
 
 
 def test_stage_without_identity_loss_and_with_frozen_parts_changes_nothing_it_should_not():
