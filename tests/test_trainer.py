@@ -50,6 +50,13 @@ def test_identity_loss_is_the_cross_entropy_of_the_head_logits():
     logs = one_step(trainer, batch)
     np.testing.assert_allclose(logs["identity_loss"], expected, rtol=1e-5)
     np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
+    # Its gradient in closed form: d mean CE / d logits = (softmax - one-hot) / N; SGD's first step is w - 0.1 g.
+    logits = embeddings.astype(np.float64) @ kernel + bias
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    d_logits = (probabilities - np.eye(NUM_CLASSES)[batch["label"]]) / len(batch["label"])
+    np.testing.assert_allclose(trainer.head.kernel.numpy(), kernel - 0.1 * embeddings.T @ d_logits, atol=1e-6)
+    np.testing.assert_allclose(trainer.head.bias.numpy(), bias - 0.1 * d_logits.sum(axis=0), atol=1e-6)
 
 
 class KernelNormRegularizer(Regularizer):
