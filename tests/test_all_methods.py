@@ -116,3 +116,21 @@ def test_combined_run_trains_finite_and_exports_the_baseline_variables(synth_dat
     backbone = sorted((f"{variable.path}:0", tuple(variable.shape)) for variable in prepared.trainer.backbone.variables)
     assert combined[0] == backbone
     assert combined[1] == sorted(shape for _, shape in backbone)
+
+
+def test_combined_run_trains_on_another_head_switched_from_the_command_line(synth_data, teacher, tmp_path):
+    """SphereFace (multiplicative angular margin, ArcFace's options cleared): one step, every loss finite."""
+    head = ["head.name=sphereface", "head.options={}", "head.options.margin=4"]
+    config = shrunk(synth_data, tmp_path / "run", teacher, head)
+    assert config["head"] == {"name": "sphereface", "options": {"margin": 4}}
+    history = train(config).history
+    assert {"aprn_loss", "frontal_decoder_loss", "bypass3d_loss", "exclusive_loss", "center_invariant_loss"} <= set(
+        history)
+    for name, values in history.items():
+        assert np.all(np.isfinite(values)), (head, name, values)
+
+
+def test_a_head_switched_without_its_options_is_named(synth_data, teacher):
+    config = shrunk(synth_data, "unused", teacher, ["head.name=softmax"])
+    with pytest.raises(ConfigError, match=r"head 'softmax' with head.options .*scale.*--set head.options=\{\} clears"):
+        build_trainer(config, 4, 1, (SIZE, SIZE, 3))

@@ -36,6 +36,17 @@ def test_file_then_overrides_then_defaults(tmp_path):
     assert config["optimizer"] == DEFAULTS["optimizer"]
 
 
+def test_an_empty_map_clears_open_options_only(tmp_path):
+    """`--set head.options={}` empties the head's options (to switch to a head that takes others); a key set inside
+    a map merges; `{}` for a closed section changes nothing."""
+    path = write(tmp_path / "mine.yaml", "head: {name: arcface, options: {scale: 64.0, margin: 0.5}}\n")
+    assert load_config(path, ["head.name=softmax", "head.options={}"])["head"] == {"name": "softmax", "options": {}}
+    switched = load_config(path, ["head.name=sphereface", "head.options={}", "head.options.margin=4"])
+    assert switched["head"] == {"name": "sphereface", "options": {"margin": 4}}
+    assert load_config(path, ["head.options={margin: 0.3}"])["head"]["options"] == {"scale": 64.0, "margin": 0.3}
+    assert load_config(path, ["train={}"])["train"] == load_config(path)["train"]
+
+
 def test_unknown_keys_are_named(tmp_path):
     path = write(tmp_path / "typo.yaml", "train: {epoch: 2}\n")
     with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'train.epoch'"):

@@ -100,13 +100,30 @@ def build_trainer(
         return _build_trainer(config, num_classes, steps_per_epoch, input_shape)
 
 
+def _build_head(spec: Dict[str, Any], num_classes: int):
+    """The margin head; options it does not take are a ConfigError naming head.options (a head switched with
+    `--set head.name=...` keeps the config's options: `--set head.options={}` clears them)."""
+    name, options = spec["name"], spec["options"]
+    if name in heads.available():
+        try:
+            return heads.get_head(name, num_classes, **options)
+        except (TypeError, ValueError) as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(
+                f"head '{name}' with head.options {options}: {error} (a head switched with --set head.name keeps "
+                "the config's options; --set head.options={} clears them)"
+            ) from None
+    return heads.get_head(name, num_classes, **options)
+
+
 def _build_trainer(
     config: Dict[str, Any], num_classes: int, steps_per_epoch: int, input_shape: Sequence[int]
 ) -> FaceTrainer:
     precision = config["train"]["precision"]
     backbone_options = {"input_shape": tuple(input_shape), **config["backbone"]["options"]}
     backbone = backbones.get_backbone(config["backbone"]["name"], **backbone_options)
-    head = heads.get_head(config["head"]["name"], num_classes, **config["head"]["options"])
+    head = _build_head(config["head"], num_classes)
     epochs = config["train"]["epochs"]
     regularizers = [
         _build_plugin(REGULARIZERS, spec, f"regularizers[{index}]", steps_per_epoch)

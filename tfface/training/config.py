@@ -117,11 +117,13 @@ def parse_override(text: str) -> Dict[str, Any]:
 
 
 def _set_dotted(config: Dict[str, Any], override: Dict[str, Any], prefix: str = "") -> None:
-    """Applies one parsed override; inside OPEN_KEYS maps the keys are set as given; in the PLUGIN_LISTS an entry is
-    addressed by its name or index (`branches.aprn.enabled=false`, `regularizers.0.weight=2`)."""
+    """Applies one parsed override; a map value sets its keys one by one; inside OPEN_KEYS maps the keys are set as
+    given, and `{}` empties the map (`head.options={}` before another head's options); in the PLUGIN_LISTS an entry
+    is addressed by its name or index (`branches.aprn.enabled=false`, `regularizers.0.weight=2`)."""
     for key, value in override.items():
         path = f"{prefix}{key}"
         inside_open = any(prefix.startswith(f"{open_key}.") for open_key in OPEN_KEYS)
+        opens = inside_open or path in OPEN_KEYS
         if key not in config and not inside_open:
             raise ConfigError(f"unknown config key '{path}'")
         if isinstance(value, dict) and path in PLUGIN_LISTS and isinstance(config.get(key), list):
@@ -131,9 +133,9 @@ def _set_dotted(config: Dict[str, Any], override: Dict[str, Any], prefix: str = 
                     _set_dotted(config[key][index], entry_value, prefix=f"{path}.{entry_key}.")
                 else:
                     config[key][index] = entry_value
-        elif isinstance(value, dict) and isinstance(config.get(key), dict):
+        elif isinstance(value, dict) and isinstance(config.get(key), dict) and (value or not opens):
             _set_dotted(config[key], value, prefix=f"{path}.")
-        else:
+        else:  # a value, or `{}` for an open map: `--set head.options={}` empties it
             config[key] = value
 
 
