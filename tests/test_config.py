@@ -57,6 +57,18 @@ def test_unknown_keys_are_named(tmp_path):
         load_config(str(tmp_path / "nowhere.yaml"))
 
 
+def test_invalid_yaml_is_one_line_naming_the_file_or_the_override(tmp_path):
+    path = write(tmp_path / "broken.yaml", "train: {epochs: 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: invalid YAML: ") and message.endswith("line 2, column 1") and "\n" not in message
+    with pytest.raises(ConfigError) as caught:
+        parse_override("train.stages=[{epochs: 1}")
+    message = str(caught.value)
+    assert message.startswith("--set train.stages: invalid YAML value '[{epochs: 1}': ") and "\n" not in message
+
+
 def test_base_files_are_merged_underneath(tmp_path):
     write(tmp_path / "base.yaml", "head: {name: arcface, options: {scale: 64.0, margin: 0.5}}\ntrain: {epochs: 20}\n")
     path = write(tmp_path / "child.yaml", "base: base.yaml\nhead: {options: {margin: 0.3}}\n")

@@ -102,6 +102,13 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any], prefix: str = "") -> Di
     return merged
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parser error on one line: what is wrong and where (line and column, counted from 1)."""
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def parse_override(text: str) -> Dict[str, Any]:
     """'train.epochs=3' -> {'train': {'epochs': 3}} (the value is read as YAML: numbers, lists, null, ...)."""
     if "=" not in text:
@@ -109,7 +116,10 @@ def parse_override(text: str) -> Dict[str, Any]:
     dotted, raw = text.split("=", 1)
     if not dotted:
         raise ConfigError(f"--set expects key.sub=value, got '{text}'")
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {dotted}: invalid YAML value '{raw}': {yaml_problem(error)}") from None
     nested: Dict[str, Any] = value
     for key in reversed(dotted.split(".")):
         nested = {key: nested}
@@ -163,7 +173,7 @@ def _read_yaml(path: str, seen: tuple = ()) -> Dict[str, Any]:
         try:
             loaded = yaml.safe_load(handle) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML: {error}") from None
+            raise ConfigError(f"{path}: invalid YAML: {yaml_problem(error)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the config must be a mapping at the top level")
     base = loaded.pop("base", None)
