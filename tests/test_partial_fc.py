@@ -290,3 +290,33 @@ def test_shipped_partial_fc_fp16_config_trains_through_the_cli(tmp_path):
     with np.load(tmp_path / "run" / "head.weights.npz") as archive:
         assert archive["arr_0"].shape == archive["arr_1"].shape == (D, 6) and int(archive["arr_2"]) == 2
         assert np.all(np.isfinite(archive["arr_0"]))
+
+
+def test_a_stopped_partial_fc_run_resumes_with_its_shards(tmp_path):
+    """arcface_partial_fc.yaml on 2 replicas through the CLI: 1 epoch, then the same run asked for 2 continues from
+    the backup (per-replica centre shards, momentum and the sampling step included) instead of starting again."""
+    data = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    with ShardedTFRecordWriter(data, prefix="train", examples_per_shard=16) as writer:
+        for index in range(32):
+            writer.write(make_example(rng.integers(0, 255, size=(20, 20, 3)).astype(np.uint8), index % 6))
+    overrides = [
+        "backbone.name=tiny", f"backbone.options={{embedding_size: {D}}}", f"data.train={data}",
+        "data.image_size=[16, 16]", "data.shuffle_buffer=32", "train.steps_per_epoch=2", "train.batch_size=8",
+        "train.verbose=2", "schedule.warmup_epochs=0", "head.options.sample_rate=0.5", f"work_dir={tmp_path / 'run'}",
+    ]
+    config = str(REPO / "trainers" / "configs" / "arcface_partial_fc.yaml")
+
+    def run(epochs):
+        argv = ["--config", config, *[item for o in [*overrides, f"train.epochs={epochs}"] for item in ("--set", o)]]
+        assert train_main(argv) == 0
+        with np.load(tmp_path / "run" / "head.weights.npz") as archive:
+            return archive["arr_0"], archive["arr_1"], int(archive["arr_2"])
+
+    centres_1, momentum_1, step_1 = run(1)
+    assert step_1 == 2 and np.abs(momentum_1).max() > 0
+    centres_2, _, step_2 = run(2)
+    assert step_2 == 4  # the sampling step went on from the backup's 2
+    rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("0,") and rows[2].startswith("1,"), rows
+    assert centres_2.shape == centres_1.shape and not np.array_equal(centres_2, centres_1)
