@@ -158,9 +158,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_out(out) -> None:
+    """ValueError unless OUT's folder exists as a folder or can be created (its nearest existing ancestor is one)."""
+    for folder in Path(out).absolute().parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"--out {out}: {folder} is not a folder")
+            return
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
+        check_out(args.out)
         embeddings, files = embed_files(
             args.target, args.model, args.paths, batch_size=args.batch_size, signature=args.signature,
             version=args.version, timeout=args.timeout, progress=True,
@@ -171,7 +181,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except grpc.RpcError as error:
         print(f"error: {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
-    array_path, listing_path = save_embeddings(args.out, embeddings, files)
+    try:
+        array_path, listing_path = save_embeddings(args.out, embeddings, files)
+    except OSError as error:
+        print(f"error: --out {args.out}: cannot write: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(f"{len(files)} embeddings of size {embeddings.shape[1]} -> {array_path}, file list -> {listing_path}")
     return 0
 

@@ -311,6 +311,10 @@ def test_client_cli_embeds_png_files_like_the_keras_backbone(server, runs, tmp_p
     assert "error: " + target + ": NOT_FOUND: unknown model 'nobody'" in capsys.readouterr().err
     assert client_main(["--target", target, "--model", "tiny", "--out", str(out), str(tmp_path / "nowhere")]) == 2
     assert "error: image or folder not found" in capsys.readouterr().err
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert client_main(["--target", target, "--model", "tiny", "--out", str(blocked / "emb.npy"), str(single)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {blocked / 'emb.npy'}: {blocked} is not a folder"
 
 
 def test_bench_serving_reports_latency_and_throughput(server, capsys):
