@@ -25,6 +25,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from tqdm import tqdm  # noqa: E402
 
 from tfface.data.image_io import write_atomic  # noqa: E402
+from tfface.errors import check_output_folder  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp")
 MESSAGE_BYTES = 256 << 20
@@ -158,19 +159,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_out(out) -> None:
-    """ValueError unless OUT's folder exists as a folder or can be created (its nearest existing ancestor is one)."""
-    for folder in Path(out).absolute().parents:
-        if folder.exists():
-            if not folder.is_dir():
-                raise ValueError(f"--out {out}: {folder} is not a folder")
-            return
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        check_out(args.out)
+        check_output_folder(Path(args.out).parent, "--out", args.out)
         embeddings, files = embed_files(
             args.target, args.model, args.paths, batch_size=args.batch_size, signature=args.signature,
             version=args.version, timeout=args.timeout, progress=True,

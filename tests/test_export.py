@@ -234,6 +234,8 @@ def test_cli_exports_and_reports_errors_in_one_line(run_dir, tmp_path, capsys):
         (run_dir, tmp_path / "models" / "tiny" / "latest", "error: --out must end in a numeric version folder"),
         (tmp_path / "nowhere", tmp_path / "models" / "tiny" / "5", "error: work dir not found"),
         (run_dir, out, "error: export target already exists"),
+        (run_dir, out / "saved_model.pb" / "1", f"error: --out {out / 'saved_model.pb' / '1'}: "
+                                                 f"{out / 'saved_model.pb'} is not a folder"),
     ):
         assert export_main(["--work_dir", str(work_dir), "--out", str(target)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()

@@ -243,6 +243,12 @@ def test_cli_writes_the_data_set_and_a_preview(tmp_path, capsys, monkeypatch):
 
 def test_cli_rejects_bad_options(tmp_path, capsys):
     base = ["--out", str(tmp_path), "--identities", "3", "--images-per-identity", "2", "--seed", "0"]
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    for flag, path in (("--out", in_the_way), ("--out", in_the_way / "faces"), ("--preview", in_the_way / "p.png")):
+        arguments = base + [flag, str(path)] if flag == "--preview" else ["--out", str(path)] + base[2:]
+        assert synth_tool.main(arguments) == 2
+        assert capsys.readouterr().err.strip() == f"error: {flag} {path}: {in_the_way} is not a folder"
     for extra, message in ((["--label-noise", "2"], "--label-noise"), (["--max-yaw", "90"], "--max-yaw"),
                            (["--test-identities", "1"], "--test-identities"), (["--image-size", "8"], "--image-size")):
         assert synth_tool.main(base + extra) == 2

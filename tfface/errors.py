@@ -1,5 +1,18 @@
 """The error type for bad user input (config keys, names, paths); the CLIs print it as one line."""
+from pathlib import Path
 
 
 class ConfigError(ValueError):
     """A problem in what the user gave (a config key, a name, a path); the message names it."""
+
+
+def check_output_folder(folder, flag: str, given=None) -> None:
+    """ConfigError naming `flag` and its value `given` (default: `folder`) unless `folder` is a folder or can be made
+    one: the nearest of it and its ancestors that exists must be a folder (a file in the way is named). Run it before
+    the work whose results go there."""
+    folder = Path(folder)
+    for candidate in (folder, *folder.absolute().parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise ConfigError(f"{flag} {folder if given is None else given}: {candidate} is not a folder")
+            return

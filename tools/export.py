@@ -13,7 +13,7 @@ from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfface.errors import ConfigError  # noqa: E402
+from tfface.errors import ConfigError, check_output_folder  # noqa: E402
 from tfface.export import export_run, load_exported  # noqa: E402
 
 
@@ -32,9 +32,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if not out.name.isdigit():
             raise ConfigError(f"--out must end in a numeric version folder (models/NAME/VERSION), got '{args.out}'")
+        check_output_folder(out.parent, "--out", args.out)
         export_run(args.work_dir, out)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: --out {out}: cannot write: {error}", file=sys.stderr)
         return 2
     model = load_exported(out)
     print(

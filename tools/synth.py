@@ -69,8 +69,11 @@ def _check(args) -> None:
         raise ValueError("--label-noise needs --identities >= 2")
     if args.long_tail < 0.0:
         raise ValueError(f"--long-tail must be >= 0, got {args.long_tail}")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a directory")
+    from tfface.errors import check_output_folder
+
+    check_output_folder(args.out, "--out")
+    if args.preview is not None:
+        check_output_folder(args.preview.parent, "--preview", args.preview)
 
 
 def save_preview(path, rendered: dict) -> None:
