@@ -66,6 +66,13 @@ def test_bad_input_is_one_clear_error_line(tmp_path, tiny_data, capsys, override
     assert len(error_lines) == 1 and error_lines[0].startswith(message), error_lines
 
 
+def test_work_dir_with_a_file_in_the_way_is_one_clear_error_line(tmp_path, tiny_data, capsys):
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    assert main(["--config", config_file(tmp_path, tiny_data), "--set", f"work_dir={in_the_way / 'run'}"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: work_dir {in_the_way / 'run'}: {in_the_way} is not a folder"
+
+
 def test_training_fills_the_work_dir_and_lowers_the_loss(tmp_path, tiny_data):
     assert main(["--config", config_file(tmp_path, tiny_data), "--set", "train.epochs=3"]) == 0
     run = tmp_path / "run"

@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
-from tfface.errors import ConfigError  # noqa: E402
+from tfface.errors import ConfigError, check_output_folder  # noqa: E402
 from tfface.training.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
 from tfface.training.callbacks import (  # noqa: E402
     AtomicBackupAndRestore,
@@ -82,6 +82,7 @@ def prepare(config: Dict) -> Prepared:
         raise ConfigError("data.train is not set (a folder written by tools.make_tfrecords or tools.synth)")
     if not os.path.isdir(data["train"]):
         raise ConfigError(f"data.train: folder not found: {data['train']}")
+    check_output_folder(config["work_dir"], "work_dir")
     description = read_description(data["train"], prefix=data["prefix"])
     steps_per_epoch = steps_per_epoch_for(config, description["num_examples"])
     input_shape = input_shape_for(config, description)
