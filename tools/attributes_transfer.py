@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from tfface import backbones
+from tfface.data.image_io import write_atomic
 from tfface.data.pipeline import make_dataset
 from tfface.errors import ConfigError
 from tfface.export import build_backbone, read_run
@@ -171,9 +172,8 @@ def main(argv=None) -> int:
     print(report["table"])
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report["table"] + "\n")
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        write_atomic(out, (report["table"] + "\n").encode())
+        write_atomic(out.with_suffix(".json"), (json.dumps(report, indent=2) + "\n").encode())
     return 0
 
 

@@ -18,13 +18,13 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Dict
 
 import numpy as np
 import tensorflow as tf
 
 from tfface import rendering
+from tfface.data.image_io import write_atomic
 from tfface.data.pipeline import make_dataset
 from tfface.data.synth import DEPTH_RANGE
 from tfface.errors import ConfigError
@@ -159,8 +159,7 @@ def main(argv=None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_atomic(args.out, (text + "\n").encode())
     return 0
 
 

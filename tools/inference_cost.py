@@ -17,6 +17,7 @@ from typing import Dict, List
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
+from tfface.data.image_io import write_atomic
 from tfface.export import INPUT_KEY, NORMALIZED_SIGNATURE
 
 CHECKPOINT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -86,8 +87,7 @@ def main(argv=None) -> int:
               f"{report['flops_per_image']} FLOPs per image; training-only variables: "
               f"{report['training_only_variables'] or 'none'}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(reports, indent=2) + "\n")
+        write_atomic(args.out, (json.dumps(reports, indent=2) + "\n").encode())
     return 0
 
 

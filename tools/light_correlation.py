@@ -27,6 +27,7 @@ from PIL import Image
 from scipy import stats
 
 from tfface.data.pipeline import normalize_images
+from tfface.data.image_io import write_atomic, write_figure_atomic
 from tfface.errors import ConfigError
 from tools.bypass3d_run import load_bypass_run
 
@@ -140,7 +141,7 @@ def plot(points, path) -> None:
         axis.set_title(f"{name}: Pearson r = {r:.2f}")
         figure.colorbar(scatter, ax=axis, label=f"recorded {other}")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_figure_atomic(path, figure, dpi=110)
     plt.close(figure)
 
 
@@ -166,10 +167,8 @@ def main(argv=None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out_json:
-        Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out_json).write_text(text + "\n")
+        write_atomic(args.out_json, (text + "\n").encode())
     if args.out_png:
-        Path(args.out_png).parent.mkdir(parents=True, exist_ok=True)
         plot(points, args.out_png)
     return 0
 

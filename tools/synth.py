@@ -11,7 +11,6 @@ shows rendered faces with their landmarks, canonical depth and albedo. See tffac
 stored with every image. Invalid options print one line and exit with status 2.
 """
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def save_preview(path, rendered: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tfface.data.image_io import write_atomic
+    from tfface.data.image_io import write_figure_atomic
     from tfface.data.synth import five_point_landmarks
 
     count = len(rendered["image"])
@@ -104,10 +103,8 @@ def save_preview(path, rendered: dict) -> None:
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=70)
+    write_figure_atomic(path, figure, dpi=70)
     plt.close(figure)
-    write_atomic(path, buffer.getvalue())
 
 
 def main(argv=None) -> int:

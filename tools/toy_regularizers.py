@@ -20,7 +20,6 @@ tf.data dicts {"image", "label"} fed to FaceTrainer.fit (SGD, momentum 0.9, batc
 where 0.02 made softmax's 2-D features diverge).
 """
 import argparse
-import io
 import json
 import math
 import os
@@ -41,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tfface import backbones, heads  # noqa: E402
-from tfface.data.image_io import write_atomic  # noqa: E402
+from tfface.data.image_io import write_atomic, write_figure_atomic  # noqa: E402
 from tfface.data.pipeline import normalize_images  # noqa: E402
 from tfface.regularizers import CenterInvariantLoss, ExclusiveRegularizer  # noqa: E402
 from tfface.training import FaceTrainer, Regularizer  # noqa: E402
@@ -53,13 +52,6 @@ DEFAULT_ORL = REPO.parent / "shared" / "data" / "orl"
 DIGIT_SIZE = 16
 FACE_SIZE = 16
 MINORITY_DIGITS = (5, 6, 7, 8, 9)
-
-
-def save_figure(figure, path: Path) -> None:
-    """The figure as a PNG at 120 dpi, written to a temporary file and renamed to `path`."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    write_atomic(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -214,7 +206,7 @@ def imbalanced_cia(out_dir: Path, epochs: int = 40, cia_weight: float = 1e-5, se
         f"{cia_weight:g}\nblack: class centres of the test features; dashed circle: their mean norm", fontsize=9,
     )
     figure.tight_layout()
-    save_figure(figure, out_dir / "toy_cia.png")
+    write_figure_atomic(out_dir / "toy_cia.png", figure, dpi=120)
     plt.close(figure)
     return results
 
@@ -254,7 +246,7 @@ def three_digits_exclusive(
         fontsize=9,
     )
     figure.tight_layout()
-    save_figure(figure, out_dir / "toy_exclusive.png")
+    write_figure_atomic(out_dir / "toy_exclusive.png", figure, dpi=120)
     plt.close(figure)
     return results
 
@@ -304,7 +296,7 @@ def orl_exclusive(
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
     figure.tight_layout()
-    save_figure(figure, out_dir / "toy_orl_sep.png")
+    write_figure_atomic(out_dir / "toy_orl_sep.png", figure, dpi=120)
     plt.close(figure)
     return results
 

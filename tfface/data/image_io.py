@@ -76,6 +76,13 @@ def write_atomic(path, data: bytes) -> None:
         raise
 
 
+def write_figure_atomic(path, figure, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG at `dpi` and write it atomically to `path`."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    write_atomic(path, buffer.getvalue())
+
+
 def write_png_atomic(path, pixels) -> None:
     """Encode uint8 pixels [H, W] or [H, W, 3] as PNG and write them atomically to `path`."""
     buffer = io.BytesIO()

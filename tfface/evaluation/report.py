@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfface.data.image_io import write_figure_atomic  # noqa: E402
+
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
 MARKDOWN_TAR_FARS = ("1e-04", "1e-03", "1e-02")
@@ -87,7 +89,7 @@ def plot_roc(path: Path, name: str, curve: RocCurve, entry: Mapping) -> None:
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="lower right")
     figure.tight_layout()
-    figure.savefig(path)
+    write_figure_atomic(path, figure)
     plt.close(figure)
 
 
