@@ -165,7 +165,7 @@ def landmark_faces(count, seed, size=8):
 
 def test_landmark_probe_finds_landmarks_where_the_features_hold_them():
     keras.utils.set_random_seed(0)
-    train, test = landmark_faces(256, seed=1), landmark_faces(64, seed=2)
+    train, test = landmark_faces(512, seed=1), landmark_faces(64, seed=2)
     results = pose_probes.landmark_probe(
         fake_backbone(), train, test, stages=("stem", "stage4"), width_multiplier=1 / 32, epochs=25, batch_size=32,
         learning_rate=3e-3,
@@ -175,8 +175,17 @@ def test_landmark_probe_finds_landmarks_where_the_features_hold_them():
     assert results["stage4"]["l1"] >= 0.95 * best_constant
     np.testing.assert_allclose(results["stage4"]["relative_l1"], results["stage4"]["l1"] / best_constant, rtol=1e-5)
     assert results["stage4"]["relative_l1"] == pytest.approx(1.0, abs=0.02)  # started at the median, learnt nothing
-    assert results["stem"]["relative_l1"] < 0.75
+    assert results["stem"]["relative_l1"] < 0.65
     np.testing.assert_allclose(results["stem"]["pixel_error"], results["stem"]["l1"] / 10 * 8, rtol=1e-5)
+
+
+
+def test_a_stage_probed_alone_gives_what_it_gives_among_others():
+    train, test = landmark_faces(64, seed=1), landmark_faces(32, seed=2)
+    options = dict(width_multiplier=1 / 32, epochs=2, batch_size=32, learning_rate=3e-3, seed=4)
+    alone = pose_probes.landmark_probe(fake_backbone(), train, test, stages=("stem",), **options)
+    among = pose_probes.landmark_probe(fake_backbone(), train, test, stages=("stage4", "stem"), **options)
+    assert alone["stem"] == pytest.approx(among["stem"], rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ runs

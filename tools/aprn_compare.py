@@ -108,7 +108,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--stages", nargs="+", default=["stage4"], choices=STAGE_KEYS)
     parser.add_argument("--width-multiplier", type=float, default=1 / 32,
                         help="landmark regressors: times Table 1's widths")
-    parser.add_argument("--epochs", type=int, default=20, help="landmark regressor epochs")
+    parser.add_argument("--epochs", type=int, default=30, help="landmark regressor epochs")
     parser.add_argument("--pairs", type=int, default=1000, help="frontal-profile verification pairs")
     parser.add_argument("--pairs-dir", help="an LFW-layout folder (pairs.txt) verified as well")
     parser.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--stages", nargs="+", default=list(STAGE_KEYS), choices=STAGE_KEYS)
     parser.add_argument("--width-multiplier", type=float, default=1 / 32,
                         help="times Table 1's widths (2048 -> 64 at the default 1/32)")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
