@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python -m tools.bench_train
+	$(BIN)/python -m benchmarks.bench_train
 
 clean-venv:
 	rm -rf $(VENV)

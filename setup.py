@@ -1,4 +1,4 @@
-"""Packaging for tfface: the library plus the trainer, tools and serving entry points."""
+"""Packaging for tfface: the library plus the trainer, tools, experiments, benchmarks and serving entry points."""
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -17,14 +17,14 @@ setup(
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["tfface*", "trainers*", "tools*", "serving*"]),
-    package_data={"trainers": ["configs/*.yaml"]},
+    packages=find_packages(include=["tfface*", "trainers*", "tools*", "experiments*", "benchmarks*", "serving*"]),
+    package_data={"trainers": ["configs/*.yaml"], "experiments": ["*/configs/*.yaml", "*/*.yaml"]},
     install_requires=requirements,
     entry_points={
         "console_scripts": [
             "tfface-train=trainers.train:main",
             "tfface-make-tfrecords=tools.make_tfrecords:main",
-            "tfface-bench-train=tools.bench_train:main",
+            "tfface-bench-train=benchmarks.bench_train:main",
             "tfface-export=tools.export:main",
             "tfface-evaluate=tools.evaluate:main",
             "tfface-serve=serving.server:main",

@@ -1,4 +1,4 @@
-"""tools.ablate: a 2 cells x 2 seeds grid trains, exports, evaluates, tabulates, and resumes without training again."""
+"""experiments.ablation.ablate: a 2 cells x 2 seeds grid trains, exports, evaluates, tabulates, and resumes without training again."""
 import json
 
 import numpy as np
@@ -7,7 +7,7 @@ import yaml
 
 from tfface.data import synth
 from tfface.errors import ConfigError
-from tools import ablate
+from experiments.ablation import ablate
 
 SIZE = 16
 

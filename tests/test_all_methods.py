@@ -1,4 +1,4 @@
-"""Issue 12: every method in one run (trainers/configs/all_methods.yaml) and the `enabled` switch of plug-in entries."""
+"""Issue 12: every method in one run (experiments/ablation/configs/all_methods.yaml) and the `enabled` switch of plug-in entries."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,10 +8,10 @@ from tfface.errors import ConfigError
 from tfface.export import export_run
 from tfface.training.builder import build_trainer
 from tfface.training.config import load_config
-from tools import mean_landmarks
+from experiments.aprn import mean_landmarks
 from trainers.train import prepare, train
 
-CONFIG = "trainers/configs/all_methods.yaml"
+CONFIG = "experiments/ablation/configs/all_methods.yaml"
 ALL_PLUGINS = {"aprn", "frontal_decoder", "bypass3d", "exclusive", "center_invariant"}
 SIZE = 16
 

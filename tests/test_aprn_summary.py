@@ -1,9 +1,9 @@
-"""tools.aprn_summary: mean and spread over aprn_compare reports, and the per-report agreement with APRN's claims."""
+"""experiments.aprn.summary: mean and spread over aprn_compare reports, and the per-report agreement with APRN's claims."""
 import json
 
 import pytest
 
-from tools import aprn_summary
+from experiments.aprn import summary as aprn_summary
 
 
 def _result(pose, l1, relative, verification, verification_std=0.01):

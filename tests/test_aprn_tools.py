@@ -1,5 +1,5 @@
-"""APRN around the branch: l_mean from data (tools.mean_landmarks), the probes (tfface.evaluation.pose_probes,
-tools.probe_landmarks, tools.probe_pose), the aprn_* configs, fine-tuning from a baseline run and the export."""
+"""APRN around the branch: l_mean from data (experiments.aprn.mean_landmarks), the probes (tfface.evaluation.pose_probes,
+experiments.aprn.probe_landmarks, experiments.aprn.probe_pose), the aprn_* configs, fine-tuning from a baseline run and the export."""
 import json
 from pathlib import Path
 
@@ -18,8 +18,9 @@ from tfface.evaluation import pose_probes
 from tfface.export import export_run
 from tfface.training.builder import build_trainer
 from tfface.training.config import load_config
-from tools import mean_landmarks as mean_landmarks_tool
-from tools import aprn_compare, probe_landmarks, probe_pose
+from experiments.aprn import compare as aprn_compare
+from experiments.aprn import mean_landmarks as mean_landmarks_tool
+from experiments.aprn import probe_landmarks, probe_pose
 from trainers.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,7 +312,7 @@ def test_aprn_compare_tabulates_the_runs_on_one_split(runs, pose_data, tmp_path,
 def test_aprn_configs_build_and_step(name, pose_data, runs, tmp_path):
     data_dir, _ = pose_data
     _, aprn = runs
-    config = load_config(str(REPO / "trainers" / "configs" / f"{name}.yaml"))
+    config = load_config(str(REPO / "experiments" / "aprn" / "configs" / f"{name}.yaml"))
     assert config["train"]["init_from"] and config["schedule"]["learning_rate"] == pytest.approx(0.01)
     branch = config["branches"][0]
     assert branch["name"] == "aprn" and branch["weight"] == 0.2

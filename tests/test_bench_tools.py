@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tools import bench_evaluation, bench_partial_fc, bench_pipeline, bench_train
+from benchmarks import bench_evaluation, bench_partial_fc, bench_pipeline, bench_train
 
 
 def test_train_comparison_runs_every_combination_and_writes_a_markdown_table(tmp_path, capsys):

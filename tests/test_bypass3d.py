@@ -28,7 +28,7 @@ from tfface.training.config import load_config
 from tfface.training.plugins import StepContext
 from tfface.training.strategy import mirrored_strategy
 
-CONFIGS = Path(__file__).resolve().parents[1] / "trainers" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "bypass3d" / "configs"
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 4
 SMALL = {"map_size": 8, "ira_width": 4, "code_size": 8, "iia_width": 4, "march_steps": 2,

@@ -15,12 +15,15 @@ from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
 from tfface.errors import ConfigError
 from tfface.export import export_backbone, export_run, read_run
-from tools import attributes_transfer, evaluate_bypass3d, inference_cost, light_correlation, visualize_bypass3d
-from tools.bypass3d_run import load_bypass_run
+from experiments.bypass3d import attributes_transfer, light_correlation
+from experiments.bypass3d import evaluate as evaluate_bypass3d
+from experiments.bypass3d import visualize as visualize_bypass3d
+from tools import inference_cost
+from experiments.bypass3d.restore import load_bypass_run
 from trainers.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "trainers" / "configs" / "bypass3d_synth_tiny.yaml"
+TINY_CONFIG = REPO / "experiments" / "bypass3d" / "configs" / "bypass3d_synth_tiny.yaml"
 NUM_CLASSES, MAP = 4, 8
 
 

@@ -11,7 +11,10 @@ from tfface.training.builder import build_optimizer, build_schedule
 from tfface.training.config import DEFAULTS, load_config, parse_override
 from tfface.training.plugins import LossWeight
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "trainers" / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "trainers" / "configs"
+# the general recipes and every experiment's reproduction configs
+SHIPPED = [*CONFIG_DIR.glob("*.yaml"), *REPO.glob("experiments/*/configs/*.yaml")]
 
 
 def write(path: Path, text: str) -> str:
@@ -104,7 +107,7 @@ def test_optimizers_from_config():
         build_optimizer({"name": "lamb"}, 0.1)
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_")), ids=str)
+@pytest.mark.parametrize("path", sorted(p for p in SHIPPED if not p.name.startswith("_")), ids=str)
 def test_every_shipped_config_resolves_and_names_real_parts(path):
     config = load_config(str(path))
     assert config["backbone"]["name"] in backbones.available()

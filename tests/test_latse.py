@@ -21,7 +21,7 @@ from tfface.training.config import load_config
 from tfface.training.gates import GATES
 from tfface.training.strategy import mirrored_strategy
 from tfface.training.teacher_gate import TeacherTopKGate, gate_statistics
-from tools import decoder_grid, gate_stats
+from experiments.latse import decoder_grid, gate_stats
 from trainers.train import main as train_main, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,14 +401,14 @@ def test_grid_image_layout():
 
 
 # ---------------------------------------------------------------------------------------------- configs
-CONFIGS = sorted(path.name for path in (REPO / "trainers" / "configs").glob("latse_*.yaml"))
+CONFIGS = sorted(path.name for path in (REPO / "experiments" / "latse" / "configs").glob("latse_*.yaml"))
 
 
 def test_the_ablation_has_its_four_configs_and_a_teacher():
     for name in ("latse_teacher.yaml", "latse_linearface.yaml", "latse_linearface_ts.yaml",
                  "latse_linearface_gen.yaml", "latse_linearface_ts_gen.yaml"):
         assert name in CONFIGS
-    configs = {name: load_config(str(REPO / "trainers" / "configs" / name)) for name in CONFIGS}
+    configs = {name: load_config(str(REPO / "experiments" / "latse" / "configs" / name)) for name in CONFIGS}
     for name, config in configs.items():
         assert config["head"]["name"] == "linearface" and not config["train"]["init_from"], name
         assert ("_ts" in name) == bool(config["gate"]), name
@@ -423,7 +423,7 @@ def test_config_builds(name, latse_runs, noisy_data, tmp_path):
     """Each config builds on the tiny set (tiny backbone, a small decoder of the same options); the full LATSE
     config also trains a step."""
     teacher_dir, _ = latse_runs
-    config = load_config(str(REPO / "trainers" / "configs" / name), [
+    config = load_config(str(REPO / "experiments" / "latse" / "configs" / name), [
         "backbone.name=tiny", f"backbone.options={json.dumps(BACKBONE_OPTIONS)}", f"data.train={noisy_data}",
         "data.image_size=null", "data.crop_size=[16, 16]", "data.shuffle_buffer=8", "train.batch_size=8",
         "train.epochs=1", "train.steps_per_epoch=1", "train.strategy=default", "evaluation.pairs_dir=null",

@@ -16,7 +16,7 @@ from tfface.training.builder import build_trainer
 from tfface.training.config import load_config
 from tfface.training.strategy import mirrored_strategy
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "trainers" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "regularizers" / "configs"
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 4
 EMBEDDING = 3

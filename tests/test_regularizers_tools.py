@@ -1,4 +1,4 @@
-"""tools.separability and tools.center_norms: statistics against loops and closed forms, and both CLIs on a run."""
+"""experiments.regularizers.separability and experiments.regularizers.center_norms: statistics against loops and closed forms, and both CLIs on a run."""
 import json
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 
 from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
-from tools import center_norms, separability
+from experiments.regularizers import center_norms, separability
 from trainers.train import main as train_main
 
 

@@ -1,4 +1,4 @@
-"""serving.server / serving.client / tools.bench_serving on 127.0.0.1: Predict, GetModelMetadata and GetModelStatus
+"""serving.server / serving.client / benchmarks.bench_serving on 127.0.0.1: Predict, GetModelMetadata and GetModelStatus
 against the exported model, every bad request's gRPC status (the next good one still succeeds), the concurrency
 bound, message limits, pickup of a new version, the client CLI on PNG files, and the server CLI's clean shutdown."""
 import json
@@ -30,7 +30,7 @@ from serving.server import main as server_main
 from tfface import backbones
 from tfface.export import export_run
 from tfface.training.config import config_hash, load_config, save_config
-from tools.bench_serving import benchmark, main as bench_main
+from benchmarks.bench_serving import benchmark, main as bench_main
 
 REPO = Path(__file__).resolve().parents[1]
 INPUT_SHAPE = (20, 16, 3)

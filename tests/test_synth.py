@@ -13,7 +13,7 @@ from tfface.data import image_io, schema
 from tfface.data import synth
 from tfface.data.writer import read_description
 from tfface.evaluation.readers import read_lfw_pairs
-from tools import bench_synth
+from benchmarks import bench_synth
 from tools import synth as synth_tool
 
 SIZE = 32

@@ -1,4 +1,4 @@
-"""tools.toy_regularizers: data preparation by hand, and each experiment end to end with one epoch."""
+"""experiments.regularizers.toy: data preparation by hand, and each experiment end to end with one epoch."""
 import json
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from tools import toy_regularizers as toy
+from experiments.regularizers import toy
 
 
 def test_digit_images_are_the_normalised_pixels_replicated_to_three_channels():

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         print(f"test: {test['images']} images of {test['identities']} identities, pairs "
               f"{test['pairs']['folds']} x {test['pairs']['pairs_per_fold']} -> {args.out}/test/pairs.txt")
     print(f"{train['images'] + test['images']} images in {summary['seconds']} s, {summary['images_per_second']} images/s "
-          f"(with tracing and XLA compilation; python -m tools.bench_synth times rendering alone); "
+          f"(with tracing and XLA compilation; python -m benchmarks.bench_synth times rendering alone); "
           f"preview: {preview_path}")
     return 0
 

@@ -5,9 +5,10 @@ Eq. 2, the adversarial regression loss, with D the pose discriminator on stage R
 - R' step (main phase, weight alpha): min_R' ||D(R'(x)) - l_mean||_1, D frozen (not cooperative), so the gradient
   reaches the backbone up to the chosen stage and nothing else.
 l: the image's landmarks (batch["landmarks"], (x / w, y / h) of the input image, [N, M, 2]); l_mean: the mean
-landmarks of frontal training faces [M, 2] (tools.mean_landmarks). ||.||_1 sums |.| over the 2M coordinates, per
-example. D starts out predicting l_mean (its FC bias) and always normalises with batch statistics (training mode,
-in both of the paper's steps); its moving statistics are never read (D is dropped at export).
+landmarks of frontal training faces [M, 2] (python -m experiments.aprn.mean_landmarks). ||.||_1 sums |.| over the
+2M coordinates, per example. D starts out predicting l_mean (its FC bias) and always normalises with batch
+statistics (training mode, in both of the paper's steps); its moving statistics are never read (D is dropped at
+export).
 
 Ablations of Eq. 3 (`objective`): "part1" min_{D,R'} ||D(R'(x)) - l||_1 and "part2" min_{D,R'} ||D(R'(x)) - l_mean||_1,
 each a cooperative loss trained jointly by D and the backbone, with no adversary phase.
@@ -54,8 +55,8 @@ def l1_distance(predicted: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
 class AdversarialPoseRegression(Branch):
     """The APRN branch; `weight` is alpha (Eq. 1, default 0.2).
 
-    mean_landmarks: path of the JSON file written by tools.mean_landmarks, or the [M, 2] values; needed unless
-      objective is "part1".
+    mean_landmarks: path of the JSON file written by `python -m experiments.aprn.mean_landmarks`, or the [M, 2]
+      values; needed unless objective is "part1".
     stage: the feature map D reads (stem, stage1..stage4; the paper's best is stage4).
     objective: "adversarial" (Eq. 2) or an ablation of Eq. 3, "part1" or "part2".
     channels: widths of D's Conv3x3-BN-ReLU blocks; default Table 1's for the stage times `width_multiplier`.
@@ -125,7 +126,8 @@ class AdversarialPoseRegression(Branch):
     def _read_mean_landmarks(mean_landmarks, objective: str, name: str):
         if mean_landmarks is None:
             if objective != "part1":
-                raise ValueError(f"{name}: objective '{objective}' needs mean_landmarks (python -m tools.mean_landmarks)")
+                raise ValueError(f"{name}: objective '{objective}' needs mean_landmarks "
+                                 "(python -m experiments.aprn.mean_landmarks)")
             return None
         if isinstance(mean_landmarks, str):
             return load_mean_landmarks(mean_landmarks)

@@ -76,7 +76,8 @@ def save_mean_landmarks(path, mean_landmarks, **metadata) -> None:
 def load_mean_landmarks(path) -> np.ndarray:
     """The [M, 2] float32 array saved by `save_mean_landmarks`; errors name the file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"mean_landmarks: file not found: {path} (write it with python -m tools.mean_landmarks)")
+        raise FileNotFoundError(f"mean_landmarks: file not found: {path} "
+                                f"(write it with python -m experiments.aprn.mean_landmarks)")
     try:
         record = json.loads(Path(path).read_text())
         values = np.asarray(record["mean_landmarks"], np.float32)
