@@ -134,10 +134,11 @@ def test_unfolded_batch_norm_keeps_the_function_and_carries_the_statistics(iresn
     for (layer, bias), z in zip(result.unfolded, probe(images)):  # maps of 32x32 down to 2x2: counts differ
         z = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
         gamma, beta, mean, variance = [np.asarray(w, np.float64) for w in layer.get_weights()]
-        np.testing.assert_allclose(mean, z.mean(axis=0), rtol=1e-4, atol=1e-5, err_msg=layer.name)
-        np.testing.assert_allclose(variance, z.var(axis=0), rtol=1e-4, atol=1e-5, err_msg=layer.name)
+        atol = 1e-5 * np.abs(z).max()  # float32 rounding of the maps themselves
+        np.testing.assert_allclose(mean, z.mean(axis=0), rtol=1e-4, atol=atol, err_msg=layer.name)
+        np.testing.assert_allclose(variance, z.var(axis=0), rtol=1e-4, atol=atol * np.abs(z).max(), err_msg=layer.name)
         np.testing.assert_allclose(gamma, np.sqrt(z.var(axis=0) + 1e-5), rtol=1e-4, err_msg=layer.name)
-        np.testing.assert_allclose(beta, z.mean(axis=0) + bias, rtol=1e-4, atol=1e-5, err_msg=layer.name)
+        np.testing.assert_allclose(beta, z.mean(axis=0) + bias, rtol=1e-4, atol=atol, err_msg=layer.name)
 
 
 def _mutated(path: Path, tmp_path: Path, mutate) -> Path:
