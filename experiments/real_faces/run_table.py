@@ -35,7 +35,8 @@ CROPS = DATA / "aligned" / "112x112"
 
 
 class OnnxEmbedder:
-    """The source ONNX network as a tools.evaluate embedder: uint8 RGB [N, 112, 112, 3] -> float32 [N, D]."""
+    """The source ONNX network as a tools.evaluate embedder: uint8 RGB [N, 112, 112, 3] -> float32 [N, D] unit rows
+    (the contract of an exported SavedModel's serving_default, so the flip test sums the same vectors)."""
 
     input_size = (112, 112)
 
@@ -46,7 +47,8 @@ class OnnxEmbedder:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         from tfface.onnx_import import onnx_embeddings
 
-        return onnx_embeddings(self.path, (np.asarray(images, np.float32) - 127.5) / 128.0)
+        embeddings = onnx_embeddings(self.path, (np.asarray(images, np.float32) - 127.5) / 128.0)
+        return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
 
 
 def import_network(onnx_path: Path) -> None:
