@@ -118,7 +118,8 @@ def test_iresnet_in_arcface_torch_layout_equals_onnxruntime(iresnet_onnx):
     # the raw embeddings too (the last BN has no gamma: it must have been read, not unfolded)
     np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-3 * np.abs(reference).max())
     assert result.used_nodes == len(onnx.load(str(iresnet_onnx)).graph.node)
-    # folded: stem + 2 per block + the 4 stages' downsample shortcuts; read as BatchNormalization: bn1 per block, bn2, features
+    # folded: stem + 2 per block + the 4 stages' downsample shortcuts;
+    # read as BatchNormalization nodes: bn1 of every block, bn2, features
     assert len(result.unfolded) == 1 + 2 * 8 + 4
 
 

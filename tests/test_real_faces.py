@@ -67,7 +67,8 @@ def test_fold_pairs_use_aligned_crops_and_identity_disjoint_sub_folds(tmp_path):
 def test_fold_pairs_refuse_a_fold_of_the_wrong_size(tmp_path):
     cfp = tmp_path / "cfp"
     cfp.mkdir()
-    (cfp / "pairs_FP.csv").write_text("path1,path2,issame,fold\nimages/351/frontal/01.jpg,images/351/profile/01.jpg,1,7\n")
+    (cfp / "pairs_FP.csv").write_text(
+        "path1,path2,issame,fold\nimages/351/frontal/01.jpg,images/351/profile/01.jpg,1,7\n")
     with pytest.raises(prepare_cfp.ConfigError, match="fold 7 has 1 pairs, expected 700"):
         prepare_cfp.fold_pairs(cfp, tmp_path / "aligned", tmp_path / "data")
 

@@ -205,7 +205,8 @@ class _Matcher:
             bias = _or_zeros(mapped.bias, channels)
             if layer.scale:
                 self.result.unfolded.append((layer, bias))
-            self.set_batch_norm(layer, np.ones(channels), bias, np.zeros(channels), np.full(channels, 1 - layer.epsilon))
+            identity_variance = np.full(channels, 1 - layer.epsilon)
+            self.set_batch_norm(layer, np.ones(channels), bias, np.zeros(channels), identity_variance)
             return _Mapped(mapped.name)
         node = candidates[0]
         self.used.add(id(node))

@@ -148,7 +148,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "tolerance": args.tolerance,
         }
         write_run_dir(out, backbone, args.backbone, options, report)
-    except (ValueError, KeyError, TypeError, UnreadableImageError) as error:  # ConfigError and OnnxImportError are ValueErrors
+    # ConfigError and OnnxImportError are ValueErrors
+    except (ValueError, KeyError, TypeError, UnreadableImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

@@ -12,7 +12,8 @@
 4. Validation: fold 7 (identities 351-400) of the official FP and FF pairs as OUT/fold7_FP.csv and OUT/fold7_FF.csv
    over the aligned crops, each with a `fold` column of 10 identity-disjoint sub-folds (5 identities each; a pair
    belongs to its first image's identity), so thresholds are chosen by 10-fold cross-validation inside the fold.
-5. APRN's l_mean: tools.mean_landmarks on OUT/train into OUT/mean_landmarks.json (faces with |yaw| <= 15 degrees).
+5. APRN's l_mean: experiments.aprn.mean_landmarks on OUT/train into OUT/mean_landmarks.json (faces with |yaw| <= 15
+   degrees).
 Every step is skipped when its output exists, so the command resumes.
 """
 import argparse
@@ -169,11 +170,11 @@ def mean_landmarks(out: Path) -> None:
     target = out / "mean_landmarks.json"
     if target.is_file():
         return
-    from tools import mean_landmarks as mean_landmarks_tool
+    from experiments.aprn import mean_landmarks as mean_landmarks_tool
 
     code = mean_landmarks_tool.main(["--data", str(out / "train"), "--out", str(target)])
     if code != 0:
-        raise ConfigError(f"tools.mean_landmarks on {out / 'train'} failed (exit {code})")
+        raise ConfigError(f"experiments.aprn.mean_landmarks on {out / 'train'} failed (exit {code})")
 
 
 def prepare(cfp: Path, out: Path, aligned: Optional[Path] = None) -> Dict:

@@ -8,8 +8,8 @@
 2. tools.import_weights: the ONNX network as the run dir runs/real_faces/imported (checked against onnxruntime).
 3. The imported network as is: exported with tools.export's code to runs/real_faces/imported/export/1 and evaluated
    like every row; the ONNX file itself is evaluated through onnxruntime on the same pairs (the export's parity).
-4. The grid (tools.ablate, seed-major: every cell's first seed before any second seed): each cell trains from the
-   imported run with the same budget, is exported to <grid out>/<cell>/seed<k>/export/1 and evaluated.
+4. The grid (experiments.ablation.ablate, seed-major: every cell's first seed before any second seed): each cell
+   trains from the imported run with the same budget, is exported to <grid out>/<cell>/seed<k>/export/1 and evaluated.
 5. REPORT.md / REPORT.json: FP and FF 10-fold accuracy on fold 7 (mean +- std over seeds), each row's difference from
    the baseline, and its fine-tuning time relative to the baseline's.
 Each step resumes: finished parts are read back, not redone.
@@ -65,7 +65,7 @@ def import_network(onnx_path: Path) -> None:
 def as_is_rows(onnx_path: Path, benchmarks: Dict[str, str]) -> Dict[str, Dict]:
     """{"imported": the exported imported run's entries, "onnxruntime": the ONNX file's} on every benchmark."""
     from tfface.export import export_run
-    from tools.ablate import evaluate_export
+    from experiments.ablation.ablate import evaluate_export
     from tools.evaluate import evaluate_benchmark, parse_benchmark
 
     result_path = IMPORTED / "as_is.json"
@@ -84,10 +84,10 @@ def as_is_rows(onnx_path: Path, benchmarks: Dict[str, str]) -> Dict[str, Dict]:
 
 
 def run_grid_seed_major(grid_path: Path) -> Dict:
-    """tools.ablate's grid, one seed at a time (a stopped table still has every cell's first seed)."""
+    """experiments.ablation.ablate's grid, one seed at a time (a stopped table still has every cell's first seed)."""
     import yaml
 
-    from tools.ablate import read_grid, run_grid
+    from experiments.ablation.ablate import read_grid, run_grid
 
     grid = read_grid(grid_path)
     with open(grid_path) as handle:
@@ -144,14 +144,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--cfp", default="../shared/data/cfp", help="the CFP folder (default ../shared/data/cfp)")
     parser.add_argument("--onnx", default="../shared/models/mobilefacenet_fr_feature.onnx",
                         help="the pretrained network (default ../shared/models/mobilefacenet_fr_feature.onnx)")
-    parser.add_argument("--grid", default="experiments/real_faces/grid_cfp.yaml", help="the tools.ablate grid")
+    parser.add_argument("--grid", default="experiments/real_faces/grid_cfp.yaml",
+                        help="the experiments.ablation.ablate grid")
     parser.add_argument("--report", default="experiments/real_faces/results", help="writes REPORT.md and .json")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from tools.ablate import read_grid
+    from experiments.ablation.ablate import read_grid
 
     try:
         onnx_path = Path(args.onnx)
