@@ -3,8 +3,10 @@
     python -m benchmarks.bench_serving --target 127.0.0.1:8500 --model NAME --clients 4 --seconds 20 --batch 32
 
 Each client has its own gRPC channel and sends one random uint8 batch of the model's input size (read from
-GetModelMetadata) after another. Reports p50 / p99 latency of the successful calls, images/s over the timed window,
-and the failures by status code. Each client's first call is a warm-up and is not counted.
+GetModelMetadata) after another. Meanwhile one more client alternates GetModelMetadata and GetModelStatus calls
+every CONTROL_PERIOD seconds (they must be answered however busy Predict is). Reports p50 / p99 latency of the
+successful Predict calls, images/s over the timed window, the number of metadata/status calls, and the failures by
+status code. Each client's first call is a warm-up and is not counted.
 """
 import argparse
 import os
@@ -19,9 +21,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from serving.client import InputSpec, connect  # noqa: E402
+
+CONTROL_PERIOD = 0.2
 
 
 def _request(model: str, signature: str, spec: InputSpec, batch: int, seed: int) -> predict_pb2.PredictRequest:
@@ -39,7 +49,8 @@ def benchmark(
     target: str, model: str, clients: int = 4, seconds: float = 10.0, batch: int = 1,
     signature: str = "serving_default", timeout: float = 30.0,
 ) -> Dict:
-    """Runs the load test; returns {p50_ms, p99_ms, images_per_second, calls, failures {code name: count}}."""
+    """Runs the load test; returns {p50_ms, p99_ms, images_per_second, calls, control_calls, failures {code name:
+    count}, metadata and status failures as "control CODE"}."""
     for name, value in (("clients", clients), ("batch", batch)):
         if int(value) < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
@@ -74,7 +85,29 @@ def benchmark(
                 except grpc.RpcError as error:
                     failures[index][error.code().name] += 1
 
+    control_calls = Counter()
+
+    def control_client() -> None:
+        with connect(target) as channel:
+            prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            models = model_service_pb2_grpc.ModelServiceStub(channel)
+            metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+            metadata.model_spec.name = model
+            status = get_model_status_pb2.GetModelStatusRequest()
+            status.model_spec.name = model
+            calls = [(prediction.GetModelMetadata, metadata), (models.GetModelStatus, status)]
+            go.wait()
+            while time.perf_counter() < window["end"]:
+                call, request = calls[control_calls["sent"] % 2]
+                control_calls["sent"] += 1
+                try:
+                    call(request, timeout=timeout)
+                except grpc.RpcError as error:
+                    control_calls[f"control {error.code().name}"] += 1
+                time.sleep(CONTROL_PERIOD)
+
     threads = [threading.Thread(target=client, args=(index,), daemon=True) for index in range(clients)]
+    threads.append(threading.Thread(target=control_client, daemon=True))
     for thread in threads:
         thread.start()
     warmed_up.wait()
@@ -90,7 +123,8 @@ def benchmark(
         "p99_ms": float(np.percentile(all_latencies, 99) * 1000) if all_latencies.size else float("nan"),
         "images_per_second": all_latencies.size * batch / elapsed,
         "calls": int(all_latencies.size),
-        "failures": dict(sum(failures, Counter())),
+        "control_calls": control_calls.pop("sent", 0),
+        "failures": dict(sum(failures, control_calls)),
     }
 
 
@@ -118,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(
         f"{args.model} at {args.target}, {args.clients} clients x batch {args.batch}, {args.seconds:g} s: "
         f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, {result['images_per_second']:.1f} images/s "
-        f"({result['calls']} calls), failures: {failures}"
+        f"({result['calls']} calls, {result['control_calls']} metadata/status calls), failures: {failures}"
     )
     return 0
 

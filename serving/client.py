@@ -4,8 +4,10 @@
 
 Folders are searched recursively for images (IMAGE_SUFFIXES); files are embedded in sorted order per argument, in
 batches, with a progress bar. Writes EMB.npy (float32 [N, D]) and beside it EMB.txt (the N file paths, one a line,
-in the same order). The input size and dtype come from GetModelMetadata: images are read as RGB and resized
-(bilinear) to it; a float32 signature gets (pixel - 127.5) / 128.
+in the same order, UTF-8): a path with a line break in it (any that str.splitlines splits on) or not encodable as
+UTF-8 is refused, by name, before any call, so row i of EMB.npy is always line i of EMB.txt. The input size and
+dtype come from GetModelMetadata: images are read as RGB and resized (bilinear) to it; a float32 signature gets
+(pixel - 127.5) / 128.
 """
 import argparse
 import io
@@ -31,8 +33,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp")
 MESSAGE_BYTES = 256 << 20
 
 
+def check_listable(path) -> None:
+    """Raises ValueError when `path` cannot be one line of a UTF-8 file list (line break or undecodable bytes)."""
+    name = str(path)
+    if "".join(name.splitlines()) != name:
+        raise ValueError(f"file name with a line break cannot be listed one a line: {name!r}; rename it")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"file name is not valid UTF-8: {name!r}; rename it") from None
+
+
 def image_files(paths: Sequence) -> List[Path]:
-    """`paths` expanded: a file as given, a folder to its images (recursively, sorted, hidden ones skipped)."""
+    """`paths` expanded: a file as given, a folder to its images (recursively, sorted, hidden ones skipped); each
+    passes `check_listable`."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -48,6 +62,8 @@ def image_files(paths: Sequence) -> List[Path]:
             files.append(path)
         else:
             raise FileNotFoundError(f"image or folder not found: {path}")
+    for path in files:
+        check_listable(path)
     return files
 
 
@@ -128,13 +144,21 @@ def embed_files(
                     request.model_spec.version.value = version
                 request.inputs[spec.input_key].CopyFrom(tf.make_tensor_proto(batch))
                 response = stub.Predict(request, timeout=timeout)
-                chunks.append(tf.make_ndarray(response.outputs[spec.output_key]).astype(np.float32))
+                embeddings = tf.make_ndarray(response.outputs[spec.output_key]).astype(np.float32)
+                if len(embeddings) != len(batch):
+                    raise ValueError(f"{target} answered {len(embeddings)} embeddings for {len(batch)} images")
+                chunks.append(embeddings)
                 bar.update(len(batch))
     return np.concatenate(chunks), [str(path) for path in files]
 
 
 def save_embeddings(out, embeddings: np.ndarray, files: Sequence[str]) -> Tuple[Path, Path]:
-    """Writes OUT.npy and OUT.txt (one path a line), each to a temporary file renamed into place; returns both."""
+    """Writes OUT.npy and OUT.txt (one path a line), each to a temporary file renamed into place; returns both.
+    Raises ValueError before writing when the names would not give one line per row."""
+    if len(files) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(files)} file names")
+    for name in files:
+        check_listable(name)
     out = Path(out)
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")
@@ -142,7 +166,7 @@ def save_embeddings(out, embeddings: np.ndarray, files: Sequence[str]) -> Tuple[
     np.save(buffer, np.asarray(embeddings))
     write_atomic(out, buffer.getvalue())
     listing = out.with_suffix(".txt")
-    write_atomic(listing, "".join(f"{path}\n" for path in files).encode())
+    write_atomic(listing, "".join(f"{path}\n" for path in files).encode("utf-8"))
     return out, listing
 
 

@@ -6,18 +6,30 @@
 Services: tensorflow.serving.PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus). Each
 model serves the newest version under its base path and picks up a newer one within --file_system_poll_wait_seconds
 (serving/versions.py). A bad request gets its gRPC status and the server keeps serving: NOT_FOUND for an unknown
-model, version, label or signature; INVALID_ARGUMENT for wrong input keys, dtype or shape, an empty batch or one over
---max_batch_size; RESOURCE_EXHAUSTED beyond --max_concurrent Predict calls in flight; UNAVAILABLE while a model has
-no version loaded. Binds to 127.0.0.1 unless --host says otherwise; --port 0 picks a free port (printed). SIGTERM or
-SIGINT stops it cleanly: no new calls, in-flight calls get --grace_seconds to finish.
+model, version, label or signature; INVALID_ARGUMENT for wrong input keys, dtype, shape or payload, an empty batch or
+one over --max_batch_size, all checked from the request's tensor header before any array is built
+(serving/requests.py); UNAVAILABLE while a model has no version loaded.
+
+Load: at most --max_concurrent Predict calls run at once; up to --max_queue more wait, in arrival order, for a free
+slot until their gRPC deadline or --queue_timeout_seconds, whichever comes first (then DEADLINE_EXCEEDED). Only a
+Predict finding the queue full is refused (RESOURCE_EXHAUSTED). GetModelMetadata and GetModelStatus never wait for
+Predict: the server has threads for every admitted Predict plus CONTROL_THREADS, and no gRPC-level call limit.
+Errors the server did not foresee are logged with their traceback; the client gets INTERNAL with a reference to the
+log line, never a path or exception text.
+
+Binds to 127.0.0.1 unless --host says otherwise; --port 0 picks a free port (printed). SIGTERM or SIGINT stops it
+cleanly: no new calls, in-flight calls get --grace_seconds to finish.
 """
 import argparse
+import collections
+import contextlib
 import functools
 import logging
 import os
 import signal
 import sys
 import threading
+import uuid
 from concurrent import futures
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -43,12 +55,21 @@ from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
 LOG = logging.getLogger("serving")
 DEFAULT_SIGNATURE = "serving_default"
 MEGABYTE = 1 << 20
-# Calls other than Predict (metadata, status) get these threads of their own, so they answer while Predict is full.
+# Calls other than Predict (metadata, status) get these threads beyond the Predict slots and queue, so they answer
+# while Predict is full.
 CONTROL_THREADS = 4
 
 
+def _log_reference(message: str, *args) -> str:
+    """Logs `message` with the current exception's traceback under a short random reference, returned."""
+    reference = uuid.uuid4().hex[:8]
+    LOG.exception("[%s] " + message, reference, *args)
+    return reference
+
+
 def _answers_errors(handler):
-    """Turns a ServingError raised by a servicer method into the call's gRPC status and message."""
+    """Turns a ServingError raised by a servicer method into the call's gRPC status and message; any other
+    exception is logged and answered INTERNAL with the log reference only."""
 
     @functools.wraps(handler)
     def wrapper(self, request, context):
@@ -56,25 +77,64 @@ def _answers_errors(handler):
             return handler(self, request, context)
         except ServingError as error:
             context.abort(error.code, str(error))
+        except Exception:  # noqa: BLE001 - whatever it is, the client gets no path or exception text
+            reference = _log_reference("%s failed", handler.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error [{reference}]; the server log has the details")
 
     return wrapper
 
 
-class ConcurrencyLimit:
-    """At most `limit` holders at once; one more is refused with RESOURCE_EXHAUSTED instead of queued."""
+class PredictQueue:
+    """Admission of Predict calls: `max_concurrent` run at once, up to `max_queue` more wait in arrival order.
 
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+    A waiting call gets the first slot freed; it gives up after `timeout` seconds or its own remaining deadline,
+    whichever is shorter (DEADLINE_EXCEEDED). A call finding `max_queue` calls waiting is RESOURCE_EXHAUSTED.
+    """
 
-    def acquire(self) -> None:
-        if not self._slots.acquire(blocking=False):
-            raise ServingError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is busy: {self.limit} Predict calls already in flight"
-            )
+    def __init__(self, max_concurrent: int, max_queue: int, timeout: float):
+        self.max_concurrent, self.max_queue, self.timeout = max_concurrent, max_queue, timeout
+        self._lock = threading.Lock()
+        self._running = 0
+        self._waiting: collections.deque = collections.deque()  # one Event per waiting call, oldest first
 
-    def release(self) -> None:
-        self._slots.release()
+    @contextlib.contextmanager
+    def slot(self, time_remaining: Optional[float] = None):
+        """Holds a slot for the `with` block; `time_remaining` is the call's deadline in seconds (None: none)."""
+        self._acquire(time_remaining)
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self, time_remaining: Optional[float]) -> None:
+        with self._lock:
+            if self._running < self.max_concurrent and not self._waiting:
+                self._running += 1
+                return
+            if len(self._waiting) >= self.max_queue:
+                raise ServingError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the server is busy: {self.max_concurrent} Predict calls running and {self.max_queue} queued",
+                )
+            turn = threading.Event()
+            self._waiting.append(turn)
+        wait = self.timeout if time_remaining is None else max(0.0, min(self.timeout, time_remaining))
+        if turn.wait(wait):
+            return
+        with self._lock:
+            if turn.is_set():  # a slot was handed over as the wait ended
+                return
+            self._waiting.remove(turn)
+        raise ServingError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"no Predict slot freed within {wait:.1f} s of waiting in the queue"
+        )
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()  # the slot passes to the oldest waiting call
+            else:
+                self._running -= 1
 
 
 class Models:
@@ -98,26 +158,28 @@ class Models:
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata (signature_def only, as tensorflow_model_server)."""
 
-    def __init__(self, models: Models, limit: ConcurrencyLimit, max_batch_size: int):
+    def __init__(self, models: Models, queue: PredictQueue, max_batch_size: int, max_tensor_bytes: int):
         self.models = models
-        self.limit = limit
+        self.queue = queue
         self.max_batch_size = max_batch_size
+        self.max_tensor_bytes = max_tensor_bytes
 
     @_answers_errors
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        self.limit.acquire()
-        try:
-            loaded = self.models.version_for(request.model_spec)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            signature = loaded.signature(signature_name)
-            inputs = checked_inputs(signature, request.inputs, self.max_batch_size)
-            output_keys = checked_output_filter(signature, request.output_filter)
+        loaded = self.models.version_for(request.model_spec)
+        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = loaded.signature(signature_name)
+        output_keys = checked_output_filter(signature, request.output_filter)
+        with self.queue.slot(context.time_remaining()):
+            inputs = checked_inputs(signature, request.inputs, self.max_batch_size, self.max_tensor_bytes)
             try:
                 outputs = loaded.run(signature_name, inputs)
-            except tf.errors.InvalidArgumentError as error:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, error.message) from None
-        finally:
-            self.limit.release()
+            except tf.errors.InvalidArgumentError:
+                reference = _log_reference("model '%s' rejected the inputs", request.model_spec.name)
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the model rejected the inputs [{reference}]; the server log has the details",
+                ) from None
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = loaded.version
@@ -172,7 +234,8 @@ class ModelServer:
 
     def __init__(
         self, models: Dict[str, str], host: str = "127.0.0.1", port: int = 8500, max_concurrent: int = 16,
-        max_batch_size: int = 256, max_message_mb: int = 256, poll_seconds: float = 1.0,
+        max_queue: int = 128, queue_timeout: float = 30.0, max_batch_size: int = 256, max_message_mb: int = 256,
+        poll_seconds: float = 1.0,
     ):
         if not models:
             raise ValueError("no model to serve")
@@ -180,16 +243,19 @@ class ModelServer:
                             ("max_message_mb", max_message_mb)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
-        if poll_seconds <= 0:
-            raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
+        if int(max_queue) < 0:
+            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        for name, value in (("queue_timeout", queue_timeout), ("poll_seconds", poll_seconds)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         self.models = Models({name: ModelVersions(name, path) for name, path in models.items()})
-        self.limit = ConcurrencyLimit(max_concurrent)
+        self.queue = PredictQueue(max_concurrent, max_queue, queue_timeout)
         self.poll_seconds = poll_seconds
-        threads = max_concurrent + CONTROL_THREADS
         message_bytes = int(max_message_mb) * MEGABYTE
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="serving"),
-            maximum_concurrent_rpcs=threads,
+            futures.ThreadPoolExecutor(
+                max_workers=max_concurrent + max_queue + CONTROL_THREADS, thread_name_prefix="serving"
+            ),
             options=[
                 ("grpc.max_receive_message_length", message_bytes),
                 ("grpc.max_send_message_length", message_bytes),
@@ -197,7 +263,7 @@ class ModelServer:
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.models, self.limit, max_batch_size), self._server
+            PredictionService(self.models, self.queue, max_batch_size, message_bytes), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self._server)
         try:
@@ -276,7 +342,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
     parser.add_argument("--rest_api_port", type=int, default=0, help="accepted for compatibility; no REST API here")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    parser.add_argument("--max_concurrent", type=int, default=16, help="Predict calls in flight before refusing")
+    parser.add_argument("--max_concurrent", type=int, default=16, help="Predict calls run at once")
+    parser.add_argument("--max_queue", type=int, default=128, help="Predict calls waiting for a slot before refusing")
+    parser.add_argument(
+        "--queue_timeout_seconds", type=float, default=30.0, help="longest wait in the queue (or the call's deadline)"
+    )
     parser.add_argument("--max_batch_size", type=int, default=256, help="largest batch accepted")
     parser.add_argument("--max_message_mb", type=int, default=256, help="largest gRPC message, in MiB")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, help="version polling period")
@@ -300,9 +370,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.model_name: args.model_base_path
         }
         server = ModelServer(
-            models, host=args.host, port=args.port, max_concurrent=args.max_concurrent,
-            max_batch_size=args.max_batch_size, max_message_mb=args.max_message_mb,
-            poll_seconds=args.file_system_poll_wait_seconds,
+            models, host=args.host, port=args.port, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
+            queue_timeout=args.queue_timeout_seconds, max_batch_size=args.max_batch_size,
+            max_message_mb=args.max_message_mb, poll_seconds=args.file_system_poll_wait_seconds,
         ).start()
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

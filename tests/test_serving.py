@@ -1,7 +1,10 @@
-"""serving.server / serving.client / benchmarks.bench_serving on 127.0.0.1: Predict, GetModelMetadata and GetModelStatus
-against the exported model, every bad request's gRPC status (the next good one still succeeds), the concurrency
-bound, message limits, pickup of a new version, the client CLI on PNG files, and the server CLI's clean shutdown."""
+"""serving.server / serving.client / benchmarks.bench_serving on 127.0.0.1: Predict, GetModelMetadata and
+GetModelStatus against the exported model, every bad request's gRPC status (the next good one still succeeds),
+validation from the tensor header before any allocation, the Predict queue under load, message limits, pickup of a
+new version and retry of a failed one, no server internals in error messages, the client CLI on PNG files (and names
+it cannot list), and the server CLI's clean shutdown."""
 import json
+import os
 import re
 import shutil
 import signal
@@ -9,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -16,6 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -25,7 +32,10 @@ from tensorflow_serving.apis import (
 )
 
 from serving.client import embed_files, main as client_main
-from serving.server import ModelServer, read_model_config
+from serving.errors import ServingError
+from serving.requests import checked_inputs
+from serving.server import ModelServer, PredictQueue, read_model_config
+from serving.versions import LoadedVersion
 from serving.server import main as server_main
 from tfface import backbones
 from tfface.export import export_run
@@ -37,6 +47,7 @@ INPUT_SHAPE = (20, 16, 3)
 EMBEDDING_SIZE = 8
 MAX_BATCH = 2048
 MAX_CONCURRENT = 2
+MAX_QUEUE = 40
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -82,7 +93,8 @@ def base_path(runs) -> Path:
 @pytest.fixture(scope="module")
 def server(base_path):
     with ModelServer(
-        {"tiny": str(base_path)}, port=0, max_concurrent=MAX_CONCURRENT, max_batch_size=MAX_BATCH, poll_seconds=0.2
+        {"tiny": str(base_path)}, port=0, max_concurrent=MAX_CONCURRENT, max_queue=MAX_QUEUE, max_batch_size=MAX_BATCH,
+        poll_seconds=0.2,
     ) as running:
         yield running
 
@@ -163,6 +175,17 @@ def _with_truncated_content(request):
     return request
 
 
+def raw_request(dims, content: bytes = b"", int_vals=(), dtype=types_pb2.DT_UINT8) -> predict_pb2.PredictRequest:
+    """A Predict request whose 'images' TensorProto is written field by field (dims as given, unchecked)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_content=content, int_val=list(int_vals))
+    for size in dims:
+        proto.tensor_shape.dim.add(size=size)
+    request.inputs["images"].CopyFrom(proto)
+    return request
+
+
 def _metadata(model="tiny", fields=("signature_def",)):
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=list(fields))
     request.model_spec.name = model
@@ -192,7 +215,26 @@ BAD_PREDICTS = {
     "unknown output": (lambda: _with_filter(predict_request(uint8_images(2)), "logits"),
                        grpc.StatusCode.INVALID_ARGUMENT, "output_filter names unknown output(s) ['logits']"),
     "malformed tensor": (lambda: _with_truncated_content(predict_request(uint8_images(2))),
-                         grpc.StatusCode.INVALID_ARGUMENT, "input 'images' is not a valid tensor"),
+                         grpc.StatusCode.INVALID_ARGUMENT,
+                         "input 'images' is not a valid tensor: tensor_content has 1913 bytes, shape [2, 20, 16, 3] "
+                         "of DT_UINT8 needs 1920"),
+    # Issue 19 item 6: each of these is refused from the header, before an array is built.
+    "huge batch, one value": (lambda: raw_request([200000, 20, 16, 3], int_vals=[7]),
+                              grpc.StatusCode.INVALID_ARGUMENT,
+                              f"batch of 200000 is larger than the server's max_batch_size {MAX_BATCH}"),
+    "2^40 batch": (lambda: raw_request([2 ** 40, 20, 16, 3], int_vals=[7]), grpc.StatusCode.INVALID_ARGUMENT,
+                   f"batch of {2 ** 40} is larger than the server's max_batch_size"),
+    "negative dim": (lambda: raw_request([-1, 20, 16, 3], content=uint8_images(2).tobytes()),
+                     grpc.StatusCode.INVALID_ARGUMENT, "input 'images' has a negative dimension: [-1, 20, 16, 3]"),
+    "int_val out of range": (lambda: raw_request([1, 20, 16, 3], int_vals=[300]), grpc.StatusCode.INVALID_ARGUMENT,
+                             "input 'images': value 300 is out of range for DT_UINT8 [0, 255]"),
+    "negative int_val": (lambda: raw_request([1, 20, 16, 3], int_vals=[-1]), grpc.StatusCode.INVALID_ARGUMENT,
+                         "input 'images': value -1 is out of range for DT_UINT8 [0, 255]"),
+    "too few values": (lambda: raw_request([1, 20, 16, 3], int_vals=[3, 4]), grpc.StatusCode.INVALID_ARGUMENT,
+                       "2 values in int_val for shape [1, 20, 16, 3] (960 elements; give all of them or 1"),
+    "too many values": (lambda: raw_request([1, 20, 16, 3], int_vals=[1] * 961), grpc.StatusCode.INVALID_ARGUMENT,
+                        "961 values in int_val"),
+    "no values": (lambda: raw_request([1, 20, 16, 3]), grpc.StatusCode.INVALID_ARGUMENT, "0 values in int_val"),
 }
 
 
@@ -206,6 +248,42 @@ def test_bad_predict_gets_its_status_and_the_next_good_one_succeeds(server, case
     assert message in caught.value.details()
     good = prediction.Predict(predict_request(uint8_images(1)), timeout=30)
     assert tf.make_ndarray(good.outputs["embedding"]).shape == (1, EMBEDDING_SIZE)
+
+
+def test_a_bad_header_is_refused_before_anything_is_allocated(server, runs):
+    """Issue 19 item 6: a 42-byte request claiming a [200000, 20, 16, 3] batch filled from one value made the server
+    build the 192 MB array before the batch check; now the refusal allocates (almost) nothing."""
+    prediction, _ = stubs(server.port)
+    request = raw_request([200000, 20, 16, 3], int_vals=[7])
+    assert request.ByteSize() < 64
+    tracemalloc.start()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            prediction.Predict(request, timeout=30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert peak < 8 << 20, f"{peak} bytes allocated while refusing the request"
+    # A single value still fills a valid shape, as in TensorFlow.
+    filled = prediction.Predict(raw_request([2, 20, 16, 3], int_vals=[7]), timeout=30)
+    expected = keras_embeddings(runs["v1"], np.full((2, *INPUT_SHAPE), 7, np.uint8))
+    np.testing.assert_allclose(tf.make_ndarray(filled.outputs["embedding"]), expected, atol=1e-5)
+
+
+def test_a_tensor_over_the_message_limit_is_refused_from_its_dims():
+    """With free height and width in the signature, a one-value request for a [1, 10^5, 10^5, 3] image (30 GB) is
+    refused from its dims, before any array exists."""
+    definition = meta_graph_pb2.SignatureDef()
+    info = definition.inputs["images"]
+    info.dtype = types_pb2.DT_UINT8
+    for size in (-1, -1, -1, 3):
+        info.tensor_shape.dim.add(size=size)
+    request = raw_request([1, 100000, 100000, 3], int_vals=[1])
+    with pytest.raises(ServingError, match=r"needs 30000000000 bytes, more than the server's 1048576-byte"):
+        checked_inputs(definition, request.inputs, max_batch_size=8, max_tensor_bytes=1 << 20)
+    arrays = checked_inputs(definition, raw_request([1, 4, 5, 3], int_vals=[9]).inputs, 8, 1 << 20)
+    np.testing.assert_array_equal(arrays["images"], np.full((1, 4, 5, 3), 9, np.uint8))
 
 
 def test_bad_metadata_and_status_requests_get_their_status(server):
@@ -225,20 +303,95 @@ def test_bad_metadata_and_status_requests_get_their_status(server):
     assert status_of(model_service) == {1: (State.AVAILABLE, "")}
 
 
-def test_predict_over_the_concurrency_bound_is_resource_exhausted(server):
+def test_under_load_good_requests_queue_and_metadata_is_always_answered(server, runs):
+    """Issue 19 item 7: 24 clients against 2 Predict slots (main refused a fifth of such calls with "Concurrent RPC
+    limit exceeded"); every Predict is answered right, and so is every metadata and status call made meanwhile."""
+    images = uint8_images(8, seed=5)
+    expected = keras_embeddings(runs["v1"], images)
+
+    def predict_three_times(_):
+        prediction, _ = stubs(server.port)
+        return [tf.make_ndarray(prediction.Predict(predict_request(images), timeout=60).outputs["embedding"])
+                for _ in range(3)]
+
+    def control_calls(_):
+        prediction, model_service = stubs(server.port)
+        response = prediction.GetModelMetadata(_metadata(), timeout=60)
+        return response.model_spec.version.value, status_of(model_service)
+
+    with futures.ThreadPoolExecutor(max_workers=32) as pool:
+        predictions = [pool.submit(predict_three_times, index) for index in range(24)]
+        controls = [pool.submit(control_calls, index) for index in range(8)]
+        for future in predictions:
+            for embeddings in future.result():
+                np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+        assert [future.result() for future in controls] == [(1, {1: (State.AVAILABLE, "")})] * 8
+
+
+def test_a_full_queue_is_resource_exhausted_and_a_long_wait_deadline_exceeded(server):
     prediction, model_service = stubs(server.port)
-    for _ in range(MAX_CONCURRENT):
-        server.limit.acquire()  # as if MAX_CONCURRENT Predict calls were in flight
+    slots = [server.queue.slot() for _ in range(MAX_CONCURRENT)]
+    for slot in slots:
+        slot.__enter__()  # as if MAX_CONCURRENT Predict calls were running
     try:
         with pytest.raises(grpc.RpcError) as caught:
-            prediction.Predict(predict_request(uint8_images(1)), timeout=10)
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert f"{MAX_CONCURRENT} Predict calls already in flight" in caught.value.details()
-        assert status_of(model_service) == {1: (State.AVAILABLE, "")}  # other calls are still answered
+            prediction.Predict(predict_request(uint8_images(1)), timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert status_of(model_service) == {1: (State.AVAILABLE, "")}  # other calls are answered meanwhile
+        waiting = threading.Thread(target=lambda: prediction.Predict(predict_request(uint8_images(1)), timeout=30))
+        waiting.start()
+        time.sleep(0.3)
+        assert waiting.is_alive()  # queued, not refused
     finally:
-        for _ in range(MAX_CONCURRENT):
-            server.limit.release()
-    prediction.Predict(predict_request(uint8_images(1)), timeout=10)
+        for slot in slots:
+            slot.__exit__(None, None, None)
+    waiting.join(timeout=30)
+    assert not waiting.is_alive()
+
+    queue = PredictQueue(max_concurrent=1, max_queue=1, timeout=5.0)
+    waiter_slot = queue.slot()
+    with queue.slot():
+        waiter = threading.Thread(target=waiter_slot.__enter__)
+        waiter.start()
+        time.sleep(0.2)
+        with pytest.raises(ServingError, match="1 Predict calls running and 1 queued") as refused:
+            with queue.slot():
+                pass
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    waiter.join(timeout=5)  # it got the freed slot, and holds it
+    assert not waiter.is_alive()
+    with pytest.raises(ServingError, match=r"no Predict slot freed within 0.1 s") as late:
+        with queue.slot(time_remaining=0.1):
+            pass
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    waiter_slot.__exit__(None, None, None)
+    with queue.slot(time_remaining=0.1):
+        pass
+
+
+def test_unforeseen_errors_send_no_paths_or_exception_text(server, monkeypatch, caplog):
+    """Issue 19 item 9: a model failing with a message holding a server path is logged; the client gets INTERNAL
+    (or INVALID_ARGUMENT for TF's InvalidArgumentError) with a log reference only."""
+    prediction, _ = stubs(server.port)
+    secret = "/srv/secret/models/tiny/1/variables: disk on fire"
+    for error, code in ((RuntimeError(secret), grpc.StatusCode.INTERNAL),
+                        (tf.errors.InvalidArgumentError(None, None, secret), grpc.StatusCode.INVALID_ARGUMENT)):
+        def failing_run(self, name, inputs, error=error):
+            raise error
+
+        monkeypatch.setattr(LoadedVersion, "run", failing_run)
+        with caplog.at_level("ERROR", logger="serving"):
+            with pytest.raises(grpc.RpcError) as caught:
+                prediction.Predict(predict_request(uint8_images(1)), timeout=30)
+        assert caught.value.code() == code
+        details = caught.value.details()
+        assert "/srv" not in details and "fire" not in details and "\n" not in details
+        reference = re.search(r"\[([0-9a-f]{8})\]; the server log has the details$", details).group(1)
+        assert any(reference in record.getMessage() and secret in (record.exc_text or "") + str(record.exc_info)
+                   for record in caplog.records)
+        caplog.clear()
+    monkeypatch.undo()
+    prediction.Predict(predict_request(uint8_images(1)), timeout=30)
 
 
 def test_messages_over_the_4_mb_grpc_default_pass_both_ways(server, runs):
@@ -277,8 +430,41 @@ def test_a_new_version_is_picked_up_and_a_broken_one_reported(runs, base_path, t
         while 3 not in status_of(model_service) and time.time() < deadline:
             time.sleep(0.1)
         state, error = status_of(model_service, version=3)[3]
-        assert state == State.END and "failed to load" in error
+        assert (state, error) == (State.END, "version 3 failed to load; the server log has the details")  # no path
         assert prediction.Predict(predict_request(images), timeout=30).model_spec.version.value == 2
+
+
+def test_a_half_written_version_is_loaded_once_complete(runs, base_path, tmp_path):
+    """Issue 19 item 8: version 2 seen with its graph but without its variables fails; once the variables arrive
+    it is retried and served."""
+    base = tmp_path / "tiny"
+    shutil.copytree(base_path / "1", base / "1")
+    complete = tmp_path / "export2"
+    export_run(runs["v2"], complete)
+    images = uint8_images(3)
+    with ModelServer({"tiny": str(base)}, port=0, poll_seconds=0.1) as running:
+        prediction, model_service = stubs(running.port)
+        (base / "2").mkdir()
+        shutil.copy(complete / "saved_model.pb", base / "2" / "saved_model.pb")  # the copy has begun
+        deadline = time.time() + 60
+        while 2 not in status_of(model_service) or status_of(model_service)[2][0] == State.LOADING:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        assert status_of(model_service)[2] == (State.END, "version 2 failed to load; the server log has the details")
+        time.sleep(0.5)  # several polls: an unchanged failed version is not reloaded
+        assert status_of(model_service)[2][0] == State.END
+        assert prediction.Predict(predict_request(images), timeout=30).model_spec.version.value == 1
+        for item in complete.iterdir():  # the copy completes
+            if item.name != "saved_model.pb":
+                (shutil.copytree if item.is_dir() else shutil.copy)(item, base / "2" / item.name)
+        while status_of(model_service).get(2, (None,))[0] != State.AVAILABLE:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        response = prediction.Predict(predict_request(images), timeout=30)
+        assert response.model_spec.version.value == 2
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["embedding"]), keras_embeddings(runs["v2"], images), atol=1e-5
+        )
 
 
 def test_client_cli_embeds_png_files_like_the_keras_backbone(server, runs, tmp_path, capsys):
@@ -319,14 +505,33 @@ def test_client_cli_embeds_png_files_like_the_keras_backbone(server, runs, tmp_p
 
 def test_bench_serving_reports_latency_and_throughput(server, capsys):
     result = benchmark(f"127.0.0.1:{server.port}", "tiny", clients=2, seconds=0.5, batch=2)
-    assert result["calls"] > 0 and result["failures"] == {}
+    assert result["calls"] > 0 and result["control_calls"] > 0 and result["failures"] == {}
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["images_per_second"] > 0
-    # One client more than the server's Predict bound: refusals are counted, not fatal.
-    assert bench_main(["--target", f"127.0.0.1:{server.port}", "--model", "tiny", "--clients", "3",
+    # Clients beyond the server's Predict slots queue instead of failing.
+    assert bench_main(["--target", f"127.0.0.1:{server.port}", "--model", "tiny", "--clients", "5",
                        "--seconds", "0.3", "--batch", "4"]) == 0
-    assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms, [\d.]+ images/s \(\d+ calls\), "
-                     r"failures: (none|((warm-up )?RESOURCE_EXHAUSTED \d+(, )?)+)$", capsys.readouterr().out.strip())
+    assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms, [\d.]+ images/s \(\d+ calls, \d+ metadata/status calls\), "
+                     r"failures: none$", capsys.readouterr().out.strip())
+
+
+def test_client_refuses_names_it_cannot_list_one_a_line(server, tmp_path, capsys):
+    """Issue 19 item 10: a file name with a newline gave EMB.txt one line more than EMB.npy has rows (and one not
+    valid UTF-8 a traceback); both are refused by name before any call, and nothing is written."""
+    target = f"127.0.0.1:{server.port}"
+    out = tmp_path / "out" / "emb.npy"
+    out.parent.mkdir()
+    for name, shown in (("two\nlines.png", "two\\nlines.png"), ("para\u2029graph.png", "para\\u2029graph.png"),
+                        (os.fsdecode(b"caf\xe9.png"), "caf\\udce9.png")):
+        folder = tmp_path / f"faces{len(shown)}"
+        folder.mkdir()
+        Image.fromarray(uint8_images(1, seed=1)[0]).save(folder / "plain.png")
+        Image.fromarray(uint8_images(1, seed=2)[0]).save(folder / name)
+        capsys.readouterr()
+        assert client_main(["--target", target, "--model", "tiny", "--out", str(out), str(folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: file name ") and err.endswith("; rename it") and shown in err, err
+        assert "\n" not in err and list(out.parent.iterdir()) == []
 
 
 def test_read_model_config_accepts_name_and_base_path_only(tmp_path):
