@@ -410,6 +410,22 @@ def test_bad_input_is_one_clear_error_line(tmp_path, benchmarks, tfface_model, f
     assert not (tmp_path / "report").exists()
 
 
+def test_a_failed_rerun_leaves_no_earlier_report_behind(tmp_path, benchmarks, tfface_model, capsys):
+    """Issue 19 item 12: a second run into the same --out that fails at its second benchmark left the first run's
+    report.json, report.md and ROC plots looking complete; now they are gone (other files stay)."""
+    out = tmp_path / "report"
+    model = ["--model", tfface_model[0], "--out", out]
+    lfw, agedb = benchmarks["lfw"][0], benchmarks["agedb"][0]
+    assert run_main(model + ["--benchmark", f"lfw={lfw}", "--benchmark", f"agedb={agedb}"], capsys)[0] == 0
+    assert sorted(path.name for path in out.iterdir()) == ["report.json", "report.md", "roc_agedb.png", "roc_lfw.png"]
+    (out / "notes.txt").write_text("mine\n")
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(pickle.dumps(([b"not an image", b"neither"], [True]), protocol=4))
+    code, _, err = run_main(model + ["--benchmark", f"lfw={lfw}", "--benchmark", f"broken={broken}"], capsys)
+    assert code == 2 and err.splitlines()[-1].startswith(f"error: benchmark broken: cannot decode {broken}, image 0")
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
 def test_real_orl_faces_through_a_pixel_model(tmp_path, shared_data, capsys):
     """600 ORL pairs (10 folds) in a pairs CSV with absolute paths into ../shared/data, a SavedModel whose embedding
     is the 4x4-average-pooled pixels: grey 92x112 PNGs are read as RGB and resized to 46x56; pixel matching on ORL

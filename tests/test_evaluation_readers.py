@@ -236,3 +236,63 @@ def test_malformed_lines_name_the_file_and_line(tmp_path, layout, text, message)
         read = lambda: read_pairs_csv(tmp_path / "pairs.csv")  # noqa: E731
     with pytest.raises(ValueError, match=message):
         read()
+
+
+class _WritesAFile:
+    """Unpickling this calls open(path, "w"): what a crafted .bin could do with any callable."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_load_bin_reads_plain_bins_of_any_protocol(tmp_path, protocol):
+    """Protocols 0-2 pickle bytes through _codecs.encode, the one global the restricted unpickler allows."""
+    pixels = np.random.default_rng(protocol).integers(0, 256, size=(2, 3, 4, 3), dtype=np.uint8)
+    path = tmp_path / "toy.bin"
+    path.write_bytes(pickle.dumps(([encoded_png(image) for image in pixels], [1]), protocol=protocol))
+    images, issame = load_bin(path)
+    np.testing.assert_array_equal(images, pixels)
+    np.testing.assert_array_equal(issame, [True])
+
+
+@pytest.mark.parametrize("payload, message", [
+    ("code", r"crafted.bin is not an insightface .bin pickle: refused to load (io|builtins).open: a .bin holds only "
+             r"lists of bytes and bools$"),
+    ("array", r"crafted.bin is not an insightface .bin pickle: refused to load numpy\..*"),
+    ("float flags", r"crafted.bin: issame must be a flat list of booleans$"),
+])
+def test_load_bin_refuses_to_build_objects_from_a_crafted_file(tmp_path, payload, message):
+    """Issue 19 item 11: a .bin whose pickle calls open() created the file on load; now nothing outside lists,
+    bytes and bools is built, and the refusal is one line."""
+    marker = tmp_path / "pwned"
+    image = encoded_png(np.zeros((2, 2, 3), np.uint8))
+    content = {
+        "code": ([image, image], [_WritesAFile(marker)]),
+        "array": ([np.frombuffer(image, np.uint8), image], [True]),
+        "float flags": ([image, image], [0.5]),
+    }[payload]
+    path = tmp_path / "crafted.bin"
+    path.write_bytes(pickle.dumps(content, protocol=4))
+    with pytest.raises(ValueError, match=message) as caught:
+        load_bin(path)
+    assert "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_lfw_names_outside_the_image_folder_are_refused(tmp_path):
+    """Issue 19 item 13: a pairs.txt name '../secret' read images beside the benchmark folder."""
+    images = lfw_tree(tmp_path / "lfw")
+    write_image(tmp_path / "secret" / "secret_0001.jpg", seed=9)
+    write_image(tmp_path / "secret" / "secret_0002.jpg", seed=9)
+    pairs_path = tmp_path / "pairs.txt"
+    for name in ("../secret", "..", "Alice/../../secret", "/tmp/x"):
+        pairs_path.write_text(f"Alice 1 2\nAlice 1 {name} 1\n")
+        with pytest.raises(ValueError, match=rf"pairs.txt, line 2: name '{name}' is not a folder name under "):
+            read_lfw_pairs(pairs_path, images)
+    pairs_path.write_text("../secret 1 2\n")
+    with pytest.raises(ValueError, match=r"line 1: name '../secret' is not a folder name"):
+        read_lfw_pairs(pairs_path, images, check_files=False)

@@ -15,7 +15,8 @@ once (and once mirrored with --flip sum|concat; a bare --flip is sum, the defaul
 folds) and, with --pca N, a PCA fitted on the training folds only.
 
 REPORT_DIR gets report.json (per benchmark accuracy_mean, accuracy_std, auc, eer, best_threshold, val, far,
-tar_at_far, pairs, images, seconds; the model's metadata and the command), report.md and roc_NAME.png.
+tar_at_far, pairs, images, seconds; the model's metadata and the command), report.md and roc_NAME.png. A previous
+report there is deleted once the options are checked, so a run that fails leaves none behind.
 Bad input is one line `error: ...` on stderr and exit code 2; a failed gRPC call with --target, exit code 1.
 
     python -m tools.evaluate --target HOST:PORT --model_name NAME --benchmark ... --out REPORT_DIR
@@ -59,7 +60,7 @@ from tfface.evaluation import (  # noqa: E402
     squared_distances,
 )
 from tfface.evaluation.readers.cfp import CFP_PROTOCOLS  # noqa: E402
-from tfface.evaluation.report import RocCurve, verification_entry, write_report  # noqa: E402
+from tfface.evaluation.report import RocCurve, remove_report, verification_entry, write_report  # noqa: E402
 from tfface.export import DEFAULT_SIGNATURE, METADATA_FILE, model_versions  # noqa: E402
 
 FLIP_CHOICES = ("sum", "concat", "none")
@@ -356,6 +357,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ConfigError(f"--benchmark name(s) given more than once: {', '.join(repeated)}")
+        remove_report(args.out)
         embedder = make_embedder(args)
         entries, curves = {}, {}
         for benchmark in benchmarks:

@@ -2,7 +2,8 @@
 
 A report is a dict {"command", "model", "settings", "benchmarks": {name: entry}}; an entry holds the numbers of
 `verification_entry` plus whatever the caller adds (kind, source, ...). `write_report` adds to each entry the file
-name of its ROC plot.
+name of its ROC plot. `remove_report` deletes a previous report from a folder, so that a run which fails before
+`write_report` leaves no earlier run's report looking like its own.
 """
 import json
 import os
@@ -124,6 +125,21 @@ def markdown_report(report: Mapping) -> str:
     for name, entry in report["benchmarks"].items():
         lines.extend([f"![ROC {name}]({entry['roc_plot']})", ""])
     return "\n".join(lines)
+
+
+def remove_report(out_dir) -> None:
+    """Deletes the files `write_report` leaves in `out_dir` (report.json first, then report.md, roc_*.png and
+    partial files of an interrupted write); other files stay. An undeletable file raises a ValueError naming it."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    stale = [out_dir / REPORT_JSON, out_dir / REPORT_MARKDOWN]
+    stale += sorted(out_dir.glob("roc_*.png")) + sorted(out_dir.glob(".roc_*")) + sorted(out_dir.glob(".report.*"))
+    for path in stale:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            raise ValueError(f"cannot remove the previous report's {path}: {error.strerror or error}") from None
 
 
 def write_report(out_dir, report: Dict, curves: Mapping[str, RocCurve]) -> Path:

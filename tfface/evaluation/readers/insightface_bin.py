@@ -2,6 +2,10 @@
 
 A `.bin` is a pickle of (list of 2P encoded images (JPEG/PNG bytes), list of P issame flags); images 2i and 2i+1
 form pair i. Evaluation uses contiguous k-fold splits (the file defines no folds).
+
+A pickle can run code while it loads, so `.bin` files are read with `BinUnpickler`, which builds no object from a
+module: only lists, tuples, bytes and booleans (Python 2 strings come out as bytes). The one global it allows is
+`_codecs.encode`, which Python 3 pickles of protocol 0-2 use for bytes.
 """
 import io
 import pickle
@@ -13,31 +17,45 @@ import numpy as np
 from tfface.evaluation.readers.pairs import decode_image, stack_images
 
 
+class BinUnpickler(pickle.Unpickler):
+    """An Unpickler that refuses every global but `_codecs.encode` (see the module docstring)."""
+
+    ALLOWED = {("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a .bin holds only lists of bytes and bools")
+        return super().find_class(module, name)
+
+
 def load_bin(path, image_size: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Loads a `.bin` set -> (images uint8 [2P, H, W, 3] RGB, issame bool [P]).
 
     Pair i is (images[2i], images[2i + 1]). Images are resized (bilinear) to image_size (height, width) when
-    given. A file that is not such a pickle, or an undecodable image, raises a ValueError naming file and image.
+    given. A file that is not such a pickle (or that names any Python object to build), or an undecodable image,
+    raises a ValueError naming file and image.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f".bin verification set not found: {path}")
     try:
         with open(path, "rb") as handle:
-            content = pickle.load(handle, encoding="bytes")
+            content = BinUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
         raise ValueError(f"{path} is not an insightface .bin pickle: {error}") from None
     if not isinstance(content, (tuple, list)) or len(content) != 2:
         raise ValueError(f"{path}: expected a pickled (images, issame) pair, got {type(content).__name__}")
     encoded, issame = content
-    issame = np.asarray(issame)
-    if issame.ndim != 1 or not np.all(np.isin(issame, (0, 1))):
+    if not isinstance(encoded, (list, tuple)) or not isinstance(issame, (list, tuple)):
+        raise ValueError(f"{path}: expected a list of images and a list of issame flags")
+    if not all(type(flag) in (bool, int) and flag in (0, 1) for flag in issame):
         raise ValueError(f"{path}: issame must be a flat list of booleans")
+    issame = np.asarray(issame, dtype=bool)
     if len(encoded) != 2 * len(issame):
         raise ValueError(f"{path}: {len(encoded)} images for {len(issame)} pairs; expected {2 * len(issame)}")
     descriptions = [f"{path}, image {index}" for index in range(len(encoded))]
     for data, description in zip(encoded, descriptions):
-        if not isinstance(data, (bytes, bytearray, np.ndarray)):
+        if not isinstance(data, (bytes, bytearray)):
             raise ValueError(f"{description}: expected encoded image bytes, got {type(data).__name__}")
     images = [
         decode_image(io.BytesIO(bytes(data)), description, image_size)

@@ -4,7 +4,8 @@ Layout: a header "10 300" (10 folds of 300 matched and 300 mismatched pairs), th
 `name n1 n2` and 300 mismatched lines `name1 n1 name2 n2` (whitespace separated). Images are
 `IMAGE_DIR/name/name_0001.jpg` (or .png). A one-number header ("1100", as in pairsDevTrain.txt) means one fold of
 that many matched and mismatched pairs. A file without a header is accepted too, with its 3- and 4-field lines
-in any order; it then defines no folds.
+in any order; it then defines no folds. A name is one folder name: one with a path separator, or "." / "..", is
+refused, so a pairs file cannot point at images outside IMAGE_DIR.
 """
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -17,6 +18,8 @@ IMAGE_EXTENSIONS = (".jpg", ".png")
 
 
 def _image_path(image_dir: Path, name: str, number: int, location: str, check_files: bool) -> str:
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"{location}: name {name!r} is not a folder name under {image_dir}")
     candidates = [image_dir / name / f"{name}_{number:04d}{extension}" for extension in IMAGE_EXTENSIONS]
     if not check_files:
         return str(candidates[0])
@@ -36,8 +39,8 @@ def _parse_header(fields: List[str]) -> Optional[Tuple[int, int]]:
 def read_lfw_pairs(pairs_path, image_dir, check_files: bool = True) -> PairList:
     """Reads an LFW pairs file -> PairList with image paths under `image_dir`, and fold ids when it has a header.
 
-    Malformed lines raise a ValueError naming file and line; with `check_files`, a missing image raises a
-    FileNotFoundError naming the expected path.
+    Malformed lines (and names that are not plain folder names) raise a ValueError naming file and line; with
+    `check_files`, a missing image raises a FileNotFoundError naming the expected path.
     """
     pairs_path, image_dir = Path(pairs_path), Path(image_dir)
     if not pairs_path.is_file():
