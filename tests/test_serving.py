@@ -446,7 +446,7 @@ def test_a_half_written_version_is_loaded_once_complete(runs, base_path, tmp_pat
         prediction, model_service = stubs(running.port)
         (base / "2").mkdir()
         shutil.copy(complete / "saved_model.pb", base / "2" / "saved_model.pb")  # the copy has begun
-        deadline = time.time() + 60
+        deadline = time.time() + 180
         while 2 not in status_of(model_service) or status_of(model_service)[2][0] == State.LOADING:
             assert time.time() < deadline
             time.sleep(0.1)
