@@ -24,7 +24,7 @@ from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2, saved_mode
 from tensorflow_serving.apis import get_model_status_pb2
 
 from serving.errors import ServingError
-from tfface.export import model_versions
+from tfface.embedders import model_versions
 
 State = get_model_status_pb2.ModelVersionStatus.State
 LOG = logging.getLogger("serving")

@@ -14,7 +14,8 @@ from tfface import backbones
 from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
 from tfface.errors import ConfigError
-from tfface.export import METADATA_FILE, build_backbone, export_run, load_exported, model_versions, read_run
+from tfface.embedders import METADATA_FILE, model_versions
+from tfface.export import build_backbone, export_run, load_exported, read_run
 from tfface.training.config import config_hash, load_config, save_config
 from tools.export import main as export_main
 from trainers.train import prepare, train
@@ -196,7 +197,7 @@ def test_load_exported_rejects_bad_input(exported, tmp_path):
         model(np.zeros((2, 16, 20, 3), np.uint8))
     with pytest.raises(ValueError, match="images must be uint8"):
         model(np.zeros((2, *INPUT_SHAPE), np.float32))
-    with pytest.raises(FileNotFoundError, match="neither a SavedModel nor a model base path"):
+    with pytest.raises(FileNotFoundError, match="no SavedModel .saved_model.pb. in"):
         load_exported(tmp_path)
 
 

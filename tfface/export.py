@@ -4,6 +4,8 @@
     model = load_exported("models/arcface")          # the newest version under a model base path
     embeddings = model(uint8_images)                 # [N, H, W, 3] uint8 -> [N, D] float32, unit rows
 
+The loaded model is a `tfface.embedders.SavedModelEmbedder`; tfface.deploy converts an export to TFLite or ONNX.
+
 The backbone is rebuilt from the run dir (run.json: backbone name and input shape; config.yaml: backbone options),
 loads RUN/backbone.weights.h5, and is written with `keras.export.ExportArchive`. Nothing else of the run (head,
 regularizer centres, branches, teacher, optimizer state) is built, so none of it can reach the SavedModel.
@@ -24,21 +26,23 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 import yaml
 
 import tfface
 from tfface import backbones
 from tfface.data.pipeline import normalize_images
+from tfface.embedders import (
+    DEFAULT_SIGNATURE,
+    FLIP_SIGNATURE,
+    INPUT_KEY,
+    METADATA_FILE,
+    NORMALIZED_SIGNATURE,
+    OUTPUT_KEY,
+    SavedModelEmbedder,
+    resolve_saved_model,
+)
 from tfface.errors import ConfigError
-
-DEFAULT_SIGNATURE = "serving_default"
-NORMALIZED_SIGNATURE = "embed_normalized"
-FLIP_SIGNATURE = "embed_flip"
-INPUT_KEY = "images"
-OUTPUT_KEY = "embedding"
-METADATA_FILE = os.path.join("assets.extra", "tfface_metadata.json")
 RUN_JSON_KEYS = ("backbone", "input_shape", "embedding_size", "config_hash")
 
 
@@ -143,11 +147,9 @@ def export_backbone(backbone: keras.Model, out_dir, metadata: Dict) -> Path:
     return out_dir
 
 
-def export_run(work_dir, out_dir) -> Path:
-    """Exports the embedding path of training run `work_dir` as a SavedModel at `out_dir`; returns `out_dir`."""
-    run = read_run(work_dir)
-    backbone = build_backbone(run, Path(work_dir) / "backbone.weights.h5")
-    metadata = {
+def export_metadata(run: Dict) -> Dict:
+    """The metadata of an export of run `run` (`read_run`'s dict): the run's fields, preprocessing, signatures."""
+    return {
         **run,
         "preprocessing": "(pixel - 127.5) / 128 on RGB uint8 inside serving_default and embed_flip",
         "signatures": {
@@ -157,67 +159,18 @@ def export_run(work_dir, out_dir) -> Path:
         },
         "tfface_version": tfface.__version__,
     }
-    return export_backbone(backbone, out_dir, metadata)
 
 
-def model_versions(base_path) -> Dict[int, Path]:
-    """The complete versions under a TF Serving model base path: {version: folder} for every sub-folder named by a
-    non-negative integer that holds a saved_model.pb (hidden partial exports are not numbers, so never listed)."""
-    base_path = Path(base_path)
-    versions = {}
-    for child in base_path.iterdir():
-        if child.name.isdigit() and (child / "saved_model.pb").is_file():
-            versions[int(child.name)] = child
-    return versions
+def export_run(work_dir, out_dir) -> Path:
+    """Exports the embedding path of training run `work_dir` as a SavedModel at `out_dir`; returns `out_dir`."""
+    run = read_run(work_dir)
+    backbone = build_backbone(run, Path(work_dir) / "backbone.weights.h5")
+    return export_backbone(backbone, out_dir, export_metadata(run))
 
 
-class ExportedModel:
-    """An exported embedding SavedModel loaded for inference (see the module docstring for its signatures).
-
-    `metadata` is the exported JSON metadata; `input_shape` (H, W, 3) and `embedding_size` come from it.
-    """
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.metadata = json.loads((self.path / METADATA_FILE).read_text())
-        self.input_shape = tuple(self.metadata["input_shape"])
-        self.embedding_size = int(self.metadata["embedding_size"])
-        self._saved_model = tf.saved_model.load(str(self.path))
-
-    def _run(self, signature: str, images, dtype: str, batch_size: int) -> np.ndarray:
-        images = np.asarray(images)
-        if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
-            raise ValueError(f"images must have shape [N, {', '.join(map(str, self.input_shape))}], got {images.shape}")
-        if images.dtype != dtype:
-            raise ValueError(f"images must be {dtype} for signature {signature}, got {images.dtype}")
-        function = self._saved_model.signatures[signature]
-        chunks = [
-            function(**{INPUT_KEY: tf.constant(images[start : start + batch_size])})[OUTPUT_KEY].numpy()
-            for start in range(0, len(images), batch_size)
-        ]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_size), np.float32)
-
-    def __call__(self, images, flip: bool = False, batch_size: int = 256) -> np.ndarray:
-        """uint8 RGB images [N, H, W, 3] -> float32 [N, D] unit rows; `flip` sums image and mirror embeddings."""
-        return self._run(FLIP_SIGNATURE if flip else DEFAULT_SIGNATURE, images, "uint8", batch_size)
-
-    def embed_normalized(self, images, batch_size: int = 256) -> np.ndarray:
-        """float32 images already normalised as (pixel - 127.5) / 128 [N, H, W, 3] -> float32 [N, D] unit rows."""
-        return self._run(NORMALIZED_SIGNATURE, images, "float32", batch_size)
-
-
-def load_exported(path, version: Optional[int] = None) -> ExportedModel:
+def load_exported(path, version: Optional[int] = None) -> SavedModelEmbedder:
     """Loads an export: `path` is a version folder, or a model base path whose newest (or given) version is used."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"exported model not found: {path}")
-    if not (path / "saved_model.pb").is_file():
-        versions = model_versions(path)
-        if not versions:
-            raise FileNotFoundError(f"{path}: neither a SavedModel nor a model base path with numeric versions")
-        if version is not None and version not in versions:
-            raise FileNotFoundError(f"{path}: no version {version}; found {sorted(versions)}")
-        path = versions[max(versions) if version is None else version]
+    path = resolve_saved_model(path, version, label="exported model")
     if not (path / METADATA_FILE).is_file():
         raise FileNotFoundError(f"{path}: no {METADATA_FILE} (not written by tfface.export?)")
-    return ExportedModel(path)
+    return SavedModelEmbedder(path, label="exported model")
