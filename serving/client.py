@@ -116,6 +116,22 @@ def read_image(path: Path, size: Tuple[int, int]) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {error}") from None
 
 
+def predict(stub, spec: InputSpec, model: str, images: np.ndarray, signature: str = "serving_default",
+            version: Optional[int] = None, timeout: float = 60.0) -> np.ndarray:
+    """One Predict call: uint8 RGB images [n, H, W, 3] at spec.size -> float32 [n, D] (pixels normalised as
+    (pixel - 127.5) / 128 first when the signature takes float images)."""
+    if spec.normalize:
+        images = (images.astype(np.float32) - 127.5) / 128.0
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs[spec.input_key].CopyFrom(tf.make_tensor_proto(images))
+    response = stub.Predict(request, timeout=timeout)
+    return tf.make_ndarray(response.outputs[spec.output_key]).astype(np.float32)
+
+
 def embed_files(
     target: str, model: str, paths: Sequence, batch_size: int = 32, signature: str = "serving_default",
     version: Optional[int] = None, timeout: float = 60.0, progress: bool = True,
@@ -135,16 +151,7 @@ def embed_files(
         with tqdm(total=len(files), unit="image", disable=not progress, file=sys.stderr) as bar:
             for start in range(0, len(files), batch_size):
                 batch = np.stack([read_image(path, spec.size) for path in files[start : start + batch_size]])
-                if spec.normalize:
-                    batch = (batch.astype(np.float32) - 127.5) / 128.0
-                request = predict_pb2.PredictRequest()
-                request.model_spec.name = model
-                request.model_spec.signature_name = signature
-                if version is not None:
-                    request.model_spec.version.value = version
-                request.inputs[spec.input_key].CopyFrom(tf.make_tensor_proto(batch))
-                response = stub.Predict(request, timeout=timeout)
-                embeddings = tf.make_ndarray(response.outputs[spec.output_key]).astype(np.float32)
+                embeddings = predict(stub, spec, model, batch, signature, version, timeout)
                 if len(embeddings) != len(batch):
                     raise ValueError(f"{target} answered {len(embeddings)} embeddings for {len(batch)} images")
                 chunks.append(embeddings)

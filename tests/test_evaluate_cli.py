@@ -300,7 +300,8 @@ def test_flip_modes_and_pca_on_a_foreign_model(tmp_path, benchmarks, foreign_mod
     report = json.loads((tmp_path / "report.json").read_text())
     numbers = expected_numbers(lambda x: foreign_embed(model, x), expected, FOREIGN_INPUT, flip=flip, pca=pca)
     assert_entry_matches(report["benchmarks"]["mine"], numbers, expected)
-    assert report["model"] == {"source": str(base / "3"), "input_size": list(FOREIGN_INPUT), "embedding_size": 6,
+    assert report["model"] == {"source": str(base / "3"), "format": "savedmodel", "input_size": list(FOREIGN_INPUT),
+                               "embedding_size": 6,
                                "signature": {"input": "pixels", "output": "feat"}}
     assert report["settings"]["flip"] == flip and report["settings"]["pca"] == pca
 
@@ -331,11 +332,10 @@ def test_distinct_images_are_embedded_once_in_batches_and_flip_fused(flip):
 
     def embed(batch):
         calls.append(len(batch))
-        return batch.reshape(len(batch), -1).astype(np.float64) @ projection
+        return np.asarray(batch).reshape(len(batch), -1).astype(np.float64) @ projection
 
-    pairs = BenchmarkPairs(7, lambda start, stop: images[start:stop], np.arange(3), np.arange(3, 6),
-                           np.array([True, False, True]), None)
-    fused = embed_distinct_images(embed, pairs, flip, batch_size=3, label="test")
+    pairs = BenchmarkPairs(images, np.arange(3), np.arange(3, 6), np.array([True, False, True]), None)
+    fused = embed_distinct_images(embed, pairs, (4, 5), flip, batch_size=3, label="test")
     plain = images.reshape(7, -1) @ projection
     mirrored = images[:, :, ::-1].reshape(7, -1) @ projection
     expected = {"none": plain, "sum": plain + mirrored, "concat": np.concatenate([plain, mirrored], axis=1)}[flip]
@@ -369,7 +369,7 @@ def float_input_model(tmp_path_factory):
                          "pairs.txt (LFW), a .bin file"),
         ("missing_file", "error: benchmark x: not found: {tmp}/nowhere.bin"),
         ("no_savedmodel", "error: --model: no SavedModel (saved_model.pb) in {tmp}/empty"),
-        ("missing_model", "error: --model: folder not found: {tmp}/absent"),
+        ("missing_model", "error: --model: not found: {tmp}/absent"),
         ("float_model", "error: --model {float}: 'serving_default' input 'pixels' must be uint8 [N, H, W, 3]"),
         ("protocol_not_cfp", "error: benchmark x: ':FF' is for CFP folders, but {lfw} has no Protocol/ folder"),
         ("bad_spec", "error: --benchmark must be NAME=PATH, got 'justapath'"),

@@ -5,12 +5,15 @@
 
 The model is any SavedModel whose `serving_default` signature takes one uint8 tensor [N, H, W, 3] (RGB) and
 returns one embedding tensor [N, D], whatever their names; H and W are read from the signature, and the images
-of every benchmark are resized to them. --model may also be a model base path (the newest numeric version).
+of every benchmark are resized to them. --model may also be a model base path (the newest numeric version), or a
+.tflite or .onnx file with the same contract (`tools.export --format tflite|onnx` writes them), run by LiteRT or
+onnxruntime: what a deployment runs (tfface.embedders).
 
 A benchmark's kind comes from its value: a folder with pairs.txt is LFW (one folder per identity beside it), a
 .bin file an insightface verification set, a folder with Protocol/ CFP (":FF" or ":FP" after it picks the
 protocol, FP by default), a .csv file a pairs CSV (path1,path2,issame[,fold]). Each distinct image is embedded
-once (and once mirrored with --flip sum|concat; a bare --flip is sum, the default); pairs are scored with
+once (and once mirrored with --flip sum|concat; a bare --flip is sum, the default), decoded and batched by a
+tf.data pipeline ahead of the model (tfface.evaluation.pipeline); pairs are scored with
 `tfface.evaluation.evaluate_pairs`, using the benchmark's own folds when it defines them (else --folds contiguous
 folds) and, with --pca N, a PCA fitted on the training folds only.
 
@@ -31,37 +34,35 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from serving import client  # noqa: E402
+from tfface.embedders import DEFAULT_SIGNATURE, load_embedder  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation import (  # noqa: E402
     PairList,
     combine_flip,
     evaluate_pairs,
     load_bin,
-    load_images,
     read_cfp_pairs,
     read_lfw_pairs,
     read_pairs_csv,
     roc_curve,
     squared_distances,
 )
+from tfface.evaluation.pipeline import image_batches, named_decode_error  # noqa: E402
 from tfface.evaluation.readers.cfp import CFP_PROTOCOLS  # noqa: E402
 from tfface.evaluation.report import RocCurve, remove_report, verification_entry, write_report  # noqa: E402
-from tfface.export import DEFAULT_SIGNATURE, METADATA_FILE, model_versions  # noqa: E402
 
 FLIP_CHOICES = ("sum", "concat", "none")
 VAL_FAR_TARGET = 1e-3
@@ -83,16 +84,20 @@ class Benchmark(NamedTuple):
 class BenchmarkPairs(NamedTuple):
     """A benchmark's pairs over its distinct images.
 
-    load(start, stop) -> uint8 images [stop - start, H, W, 3] of distinct images start..stop-1 (of n_images);
-    first, second: int [P] indices of each pair's images; issame: bool [P]; folds: int [P] or None.
+    source: the distinct images, as N image file paths (read and resized to the model's input by the pipeline) or
+    uint8 [N, H, W, 3] already at that size; first, second: int [P] indices of each pair's images; issame: bool [P];
+    folds: int [P] or None.
     """
 
-    n_images: int
-    load: Callable[[int, int], np.ndarray]
+    source: Union[Sequence[str], np.ndarray]
     first: np.ndarray
     second: np.ndarray
     issame: np.ndarray
     folds: Optional[np.ndarray]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.source)
 
 
 def parse_benchmark(spec: str) -> Benchmark:
@@ -120,17 +125,10 @@ def parse_benchmark(spec: str) -> Benchmark:
     raise ConfigError(f"benchmark {name}: cannot tell the kind of {value}; expected {KIND_HELP}")
 
 
-def pairs_of_files(pair_list: PairList, image_size: Tuple[int, int]) -> BenchmarkPairs:
-    """BenchmarkPairs over a PairList's distinct image files, read and resized to image_size (H, W) on demand."""
+def pairs_of_files(pair_list: PairList) -> BenchmarkPairs:
+    """BenchmarkPairs over a PairList's distinct image files."""
     paths, first, second = pair_list.image_index()
-    return BenchmarkPairs(
-        n_images=len(paths),
-        load=lambda start, stop: load_images(paths[start:stop], image_size),
-        first=first,
-        second=second,
-        issame=pair_list.issame,
-        folds=pair_list.folds,
-    )
+    return BenchmarkPairs(source=paths, first=first, second=second, issame=pair_list.issame, folds=pair_list.folds)
 
 
 def pairs_of_bin(path: Path, image_size: Tuple[int, int]) -> BenchmarkPairs:
@@ -145,10 +143,8 @@ def pairs_of_bin(path: Path, image_size: Tuple[int, int]) -> BenchmarkPairs:
             position[digest] = len(distinct)
             distinct.append(image_number)
         index[image_number] = position[digest]
-    distinct_images = images[distinct]
     return BenchmarkPairs(
-        n_images=len(distinct),
-        load=lambda start, stop: distinct_images[start:stop],
+        source=images[distinct],
         first=index[0::2],
         second=index[1::2],
         issame=issame,
@@ -157,99 +153,36 @@ def pairs_of_bin(path: Path, image_size: Tuple[int, int]) -> BenchmarkPairs:
 
 
 def read_benchmark(benchmark: Benchmark, image_size: Tuple[int, int]) -> BenchmarkPairs:
-    """Reads a benchmark's pair list (images are read later, batch by batch, except a .bin's)."""
+    """Reads a benchmark's pair list (image files are read later, by the pipeline; a .bin's now, at image_size)."""
     if benchmark.kind == "lfw":
-        return pairs_of_files(read_lfw_pairs(benchmark.path / "pairs.txt", benchmark.path), image_size)
+        return pairs_of_files(read_lfw_pairs(benchmark.path / "pairs.txt", benchmark.path))
     if benchmark.kind == "csv":
-        return pairs_of_files(read_pairs_csv(benchmark.path), image_size)
+        return pairs_of_files(read_pairs_csv(benchmark.path))
     if benchmark.kind.startswith("cfp:"):
-        return pairs_of_files(read_cfp_pairs(benchmark.path, benchmark.kind[len("cfp:"):]), image_size)
+        return pairs_of_files(read_cfp_pairs(benchmark.path, benchmark.kind[len("cfp:"):]))
     return pairs_of_bin(benchmark.path, image_size)
-
-
-class SavedModelEmbedder:
-    """A SavedModel's serving_default as uint8 images [N, H, W, 3] -> float32 embeddings [N, D].
-
-    input_size is (H, W) from the signature; description is what the report says about the model (with the
-    tfface export metadata when the SavedModel has it).
-    """
-
-    def __init__(self, model_path):
-        path = resolve_model_dir(Path(model_path))
-        self._saved_model = tf.saved_model.load(str(path))
-        if DEFAULT_SIGNATURE not in self._saved_model.signatures:
-            raise ConfigError(f"--model {path}: no '{DEFAULT_SIGNATURE}' signature")
-        self._signature = self._saved_model.signatures[DEFAULT_SIGNATURE]
-        inputs = self._signature.structured_input_signature[1]
-        outputs = self._signature.structured_outputs
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ConfigError(
-                f"--model {path}: '{DEFAULT_SIGNATURE}' must take one input and return one output, it has inputs "
-                f"{sorted(inputs)} and outputs {sorted(outputs)}"
-            )
-        (self._input_key, spec), = inputs.items()
-        (self._output_key, output_spec), = outputs.items()
-        if spec.dtype != tf.uint8 or spec.shape.rank != 4 or spec.shape[3] != 3 or None in spec.shape[1:3]:
-            raise ConfigError(
-                f"--model {path}: '{DEFAULT_SIGNATURE}' input '{self._input_key}' must be uint8 [N, H, W, 3] with "
-                f"H and W fixed, got {spec.dtype.name} {spec.shape}"
-            )
-        self.input_size = (int(spec.shape[1]), int(spec.shape[2]))
-        self.description = {
-            "source": str(path),
-            "input_size": list(self.input_size),
-            "embedding_size": output_spec.shape[-1],
-            "signature": {"input": self._input_key, "output": self._output_key},
-        }
-        if (path / METADATA_FILE).is_file():
-            self.description["metadata"] = json.loads((path / METADATA_FILE).read_text())
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        result = self._signature(**{self._input_key: tf.constant(np.ascontiguousarray(images))})
-        return result[self._output_key].numpy()
-
-
-def resolve_model_dir(path: Path) -> Path:
-    """A SavedModel folder itself, or the newest numeric version under a model base path."""
-    if not path.is_dir():
-        raise ConfigError(f"--model: folder not found: {path}")
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = model_versions(path)
-    if not versions:
-        raise ConfigError(f"--model: no SavedModel (saved_model.pb) in {path}, nor numeric version folders with one")
-    return versions[max(versions)]
 
 
 class ServingEmbedder:
     """`serving_default` of model `model_name` at a TF Serving gRPC `target` (host:port), through
-    `serving.client.embed_files`: uint8 images [N, H, W, 3] -> float32 embeddings [N, D].
-
-    embed_files reads image files, so each batch goes through lossless PNG files in a temporary folder, already at
-    the input size that GetModelMetadata reports (input_size, (H, W)), so the client does not resize them again.
-    """
+    `serving.client.predict`: uint8 images [N, H, W, 3] at input_size (H, W, from GetModelMetadata) -> float32
+    embeddings [N, D]."""
 
     def __init__(self, target: str, model_name: str):
-        self.target, self.model_name = target, model_name
-        with client.connect(target) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            spec = client.InputSpec(stub, model_name, DEFAULT_SIGNATURE, version=None, timeout=60.0)
-        self.input_size = tuple(spec.size)
+        self.model_name = model_name
+        self._channel = client.connect(target)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._spec = client.InputSpec(self._stub, model_name, DEFAULT_SIGNATURE, version=None, timeout=60.0)
+        self.input_size = tuple(self._spec.size)
         self.description = {
             "source": f"{model_name} at {target}",
             "input_size": list(self.input_size),
             "embedding_size": None,  # known after the first call
-            "signature": {"input": spec.input_key, "output": spec.output_key},
+            "signature": {"input": self._spec.input_key, "output": self._spec.output_key},
         }
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        with tempfile.TemporaryDirectory(prefix="tfface-evaluate-") as folder:
-            paths = []
-            for index, image in enumerate(images):
-                paths.append(os.path.join(folder, f"{index:06d}.png"))
-                Image.fromarray(image).save(paths[-1])
-            embeddings, _ = client.embed_files(self.target, self.model_name, paths, batch_size=len(paths),
-                                              progress=False)
+    def embed_batch(self, images) -> np.ndarray:
+        embeddings = client.predict(self._stub, self._spec, self.model_name, np.asarray(images))
         self.description["embedding_size"] = int(embeddings.shape[1])
         return embeddings
 
@@ -258,21 +191,29 @@ def make_embedder(args: argparse.Namespace):
     """The embedder of --model, or of --target and --model_name."""
     if args.target is not None:
         return ServingEmbedder(args.target, args.model_name)
-    return SavedModelEmbedder(args.model)
+    return load_embedder(args.model, label="--model")
 
 
 def embed_distinct_images(
-    embed: Callable[[np.ndarray], np.ndarray], pairs: BenchmarkPairs, flip: str, batch_size: int, label: str
+    embed: Callable[[tf.Tensor], np.ndarray], pairs: BenchmarkPairs, image_size: Tuple[int, int], flip: str,
+    batch_size: int, label: str
 ) -> np.ndarray:
     """Embeddings of the distinct images, [n_images, D] ("none", "sum") or [n_images, 2D] ("concat"), with a
-    progress bar; "sum" and "concat" fuse each image's embedding with its mirror's (`combine_flip`)."""
+    progress bar; "sum" and "concat" fuse each image's embedding with its mirror's (`combine_flip`). `embed` maps a
+    uint8 batch [n, H, W, 3] (a tf.Tensor from the pipeline) to [n, D]."""
     plain, mirrored = [], []
+    batches = iter(image_batches(pairs.source, image_size, batch_size, mirror=flip != "none"))
     with tqdm(total=pairs.n_images, desc=label, unit="image", file=sys.stderr) as progress:
         for start in range(0, pairs.n_images, batch_size):
-            batch = pairs.load(start, min(start + batch_size, pairs.n_images))
+            try:
+                batch = next(batches)
+            except tf.errors.OpError as error:
+                raise named_decode_error(list(pairs.source[start : start + batch_size]), image_size, error) from None
+            if flip != "none":
+                batch, mirrored_batch = batch
             plain.append(embed(batch))
             if flip != "none":
-                mirrored.append(embed(batch[:, :, ::-1]))
+                mirrored.append(embed(mirrored_batch))
             progress.update(len(batch))
     if flip == "none":
         return np.concatenate(plain)
@@ -287,7 +228,8 @@ def evaluate_benchmark(
     started = time.perf_counter()
     try:
         pairs = read_benchmark(benchmark, embedder.input_size)
-        embeddings = embed_distinct_images(embedder, pairs, flip, batch_size, benchmark.name)
+        embeddings = embed_distinct_images(embedder.embed_batch, pairs, embedder.input_size, flip, batch_size,
+                                           benchmark.name)
         first, second = embeddings[pairs.first], embeddings[pairs.second]
         metrics = evaluate_pairs(first, second, pairs.issame, n_folds=n_folds, folds=pairs.folds, pca_components=pca,
                                  far_target=VAL_FAR_TARGET)
@@ -305,7 +247,7 @@ def evaluate_benchmark(
 def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="SavedModel folder (models/NAME/VERSION) or model base path")
+    source.add_argument("--model", help="SavedModel folder (models/NAME/VERSION), model base path, .tflite or .onnx")
     source.add_argument("--target", help="TF Serving gRPC target HOST:PORT (with --model_name)")
     parser.add_argument("--model_name", help="model name on the serving target")
     parser.add_argument(

@@ -142,7 +142,8 @@ def check_benchmarks(grid: Grid) -> None:
 
 def evaluate_export(export_dir, benchmarks: Dict[str, str]) -> Dict[str, Dict]:
     """tools.evaluate's report entry of each benchmark for an exported model (flip test "sum", 10 folds)."""
-    from tools.evaluate import SavedModelEmbedder, evaluate_benchmark, parse_benchmark
+    from tfface.embedders import SavedModelEmbedder
+    from tools.evaluate import evaluate_benchmark, parse_benchmark
 
     embedder = SavedModelEmbedder(export_dir)
     entries = {}
