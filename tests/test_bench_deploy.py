@@ -1,0 +1,33 @@
+"""benchmarks.bench_evaluate and benchmarks.bench_deploy run on a tiny model and print their Markdown rows (their
+numbers are measurements, not checked here)."""
+from benchmarks.bench_deploy import main as bench_deploy
+from benchmarks.bench_evaluate import main as bench_evaluate
+from tfface.export import export_run
+
+from test_export import write_tiny_run
+
+
+def table_rows(text: str):
+    return [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("|") and "---" not in line]
+
+
+def test_bench_evaluate_prints_both_rates(tmp_path, capsys):
+    model = export_run(write_tiny_run(tmp_path / "run"), tmp_path / "models" / "tiny" / "1")
+    assert bench_evaluate(["--model", str(model), "--images", "10", "--batch", "4", "--repeats", "1"]) == 0
+    header, row = table_rows(capsys.readouterr().out)
+    assert "bare forward (images/s)" in header[2] and "end to end (images/s)" in header[3]
+    assert row[0].strip() == str(model) and row[1].strip() == "4"
+    assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[4]) > 0
+
+
+def test_bench_deploy_prints_a_row_per_model(tmp_path, capsys):
+    from tfface.deploy import export_file
+
+    run = write_tiny_run(tmp_path / "run")
+    saved_model = export_run(run, tmp_path / "models" / "tiny" / "1")
+    export_file(run, tmp_path / "tiny.onnx", "onnx")
+    assert bench_deploy([str(saved_model), str(tmp_path / "tiny.onnx"), "--runs", "3"]) == 0
+    header, *rows = table_rows(capsys.readouterr().out)
+    assert [row[1].strip() for row in rows] == ["savedmodel", "onnx"]
+    assert float(rows[1][2]) == round((tmp_path / "tiny.onnx").stat().st_size / 1e6, 2)
+    assert all(float(row[3]) > 0 for row in rows)
