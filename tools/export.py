@@ -1,7 +1,7 @@
 """Export a training run's embedding path for inference: a SavedModel in TF Serving's layout, a TFLite or an ONNX file.
 
     python -m tools.export --work_dir runs/arcface --out models/arcface/1
-    python -m tools.export --work_dir runs/arcface --format tflite [--quantize dynamic|float16] --out models/arcface.tflite
+    python -m tools.export --work_dir runs/arcface --format tflite [--quantize dynamic|float16] --out models/af.tflite
     python -m tools.export --work_dir runs/arcface --format onnx --out models/arcface.onnx --parity_pairs pairs.csv
 
 A SavedModel's --out ends in the version number that TF Serving (and serving.server) load; it must not exist yet.
