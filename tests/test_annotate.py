@@ -41,6 +41,9 @@ class StandInDetector:
         box = np.concatenate([FIXTURE_POINTS.min(axis=0) - 10, FIXTURE_POINTS.max(axis=0) + 10])
         return [DetectedFace(box=box, confidence=0.99, landmarks=FIXTURE_POINTS.copy())]
 
+    def detect_batch(self, images):
+        return [self.detect(image) for image in images]
+
 
 @pytest.fixture
 def stand_in_detector(monkeypatch):
@@ -86,14 +89,16 @@ def test_detector_gives_continuous_pixels_of_the_original_image(monkeypatch):
     import mtcnn
 
     class RecordingMTCNN:
-        """One face, in pixel indices of the image it is given: box (10, 20)-(49, 69), points x 1..5, y 11..15."""
+        """One face per image, in pixel indices of the image it is given: box (10, 20)-(49, 69), points x 1..5,
+        y 11..15, shifted right by 100 pixels times the image's place in the call."""
 
         def __init__(self, device):
-            self.shapes = []
+            self.calls = []
 
-        def detect_faces(self, image, **options):
-            self.shapes.append(image.shape)
-            return np.array([[0, 10, 20, 49, 69, 0.9, 1, 2, 3, 4, 5, 11, 12, 13, 14, 15]], float)
+        def detect_faces(self, images, **options):
+            self.calls.append([image.shape for image in images])
+            return np.array([[index, 10 + 100 * index, 20, 49 + 100 * index, 69, 0.9, *(np.arange(1, 6) + 100 * index),
+                              11, 12, 13, 14, 15] for index in range(len(images))], float)
 
     monkeypatch.setattr(mtcnn, "MTCNN", RecordingMTCNN)
     detector = detection.FaceDetector(max_side=100)
@@ -102,12 +107,21 @@ def test_detector_gives_continuous_pixels_of_the_original_image(monkeypatch):
     np.testing.assert_allclose(small.box, [10, 20, 50, 70])
 
     big = detector.detect(np.zeros((300, 200, 3), np.uint8))[0]  # detected on a 100 x 67 (h x w) copy
-    assert detector._mtcnn.shapes == [(80, 60, 3), (100, 67, 3)]
+    assert detector._mtcnn.calls == [[(80, 60, 3)], [(100, 67, 3)]]
     scale = np.array([67 / 200, 100 / 300])
     np.testing.assert_allclose(big.landmarks, small.landmarks / scale)
     np.testing.assert_allclose(big.box, [10 / scale[0], 20 / scale[1], 50 / scale[0], 70 / scale[1]])
     with pytest.raises(ValueError, match="min_face_size must be >= 12"):
         detection.FaceDetector(min_face_size=8)
+
+    # a batch: images of one size share a call; each face goes back to its own image, in the input order
+    detector._mtcnn.calls.clear()
+    faces = detector.detect_batch([np.zeros((80, 60), np.uint8), np.zeros((300, 200, 3), np.uint8),
+                                   np.zeros((80, 60, 3), np.uint8)])
+    assert detector._mtcnn.calls == [[(80, 60, 3), (80, 60, 3)], [(100, 67, 3)]]
+    np.testing.assert_allclose(faces[0][0].landmarks, small.landmarks)
+    np.testing.assert_allclose(faces[1][0].landmarks, big.landmarks)
+    np.testing.assert_allclose(faces[2][0].landmarks, small.landmarks + [100, 0])  # second in its call
 
 
 def test_align_reports_bad_files_centre_crops_faceless_ones_and_annotates_crops(
@@ -158,18 +172,21 @@ def test_aligned_folder_converts_to_records_with_landmarks_and_pose(stand_in_det
     assert batch["pose"].shape == (2, 3) and np.abs(batch["pose"].numpy()).max() < 1.0
 
 
-def test_a_detector_crash_on_one_image_skips_only_that_image(photo_tree, capsys):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_detector_crash_on_one_image_skips_only_that_image(photo_tree, capsys, batch_size):
     class CrashesOnDarkImages(StandInDetector):
         def detect(self, image):
             if image.mean() < NO_FACE_BELOW:
                 raise RuntimeError("odd pixels")
             return super().detect(image)
 
-    files = ["alice/1.png", "bob/dark.png", "alice/2.jpg"]
-    results = list(annotate.detect_files(photo_tree, files, CrashesOnDarkImages()))
+    files = ["alice/1.png", "bob/dark.png", "alice/2.jpg", "bob/empty.png"]
+    results = list(annotate.detect_files(photo_tree, files, CrashesOnDarkImages(), batch_size=batch_size))
     assert [result.path for result in results] == files
-    assert results[1].error == "detection failed: RuntimeError: odd pixels" and results[1].image is None
-    assert results[0].face is not None and results[2].face is not None
+    by_path = {result.path: result for result in results}
+    assert by_path["bob/dark.png"].error == "detection failed: RuntimeError: odd pixels"
+    assert by_path["bob/dark.png"].image is None and by_path["bob/empty.png"].error == "empty file"
+    assert by_path["alice/1.png"].face is not None and by_path["alice/2.jpg"].face is not None
     assert f"skipped {photo_tree / 'bob' / 'dark.png'}: detection failed" in capsys.readouterr().err
 
 
@@ -256,6 +273,23 @@ def test_mtcnn_points_match_the_68_point_ground_truth_of_lm300w(shared_data):
     errors = np.linalg.norm(np.stack(detected) - five_from_68(truth), axis=-1).mean(axis=-1)
     errors /= interocular_distance(truth)
     assert errors.mean() < NME_MEAN_BOUND and errors.max() < NME_EACH_BOUND, errors
+
+
+def test_mtcnn_batch_detection_equals_one_image_at_a_time(shared_data):
+    """Three 160x160 lm300w photos and one scaled to 120x120: one batched call per size, the same faces."""
+    from tfface.data.image_io import read_rgb
+
+    names = sorted(path.name for path in (shared_data / "lm300w").glob("*.jpg"))[::500][:3]
+    images = [read_rgb(shared_data / "lm300w" / name) for name in names]
+    images.append(np.asarray(Image.fromarray(images[0]).resize((120, 120))))
+    detector = detection.FaceDetector()
+    batched = detector.detect_batch(images)
+    for image, faces in zip(images, batched):
+        single = detector.detect(image)
+        assert len(faces) == len(single) >= 1
+        for got, expected in zip(faces, single):
+            np.testing.assert_allclose(got.landmarks, expected.landmarks, atol=1e-3)
+            np.testing.assert_allclose(got.box, expected.box, atol=1e-3)
 
 
 def test_orl_raw_photos_to_a_trained_model(shared_data, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Align face photos: detect the face and its 5 landmarks, warp it onto the ArcFace template.
 
     python -m tools.align --input DIR --out OUT [--size H W ...] [--no-face crop|skip] [--workers N]
-        [--preview PNG] [--min-face-size 20] [--max-side 1024] [--max-pixels N] [--device CPU:0]
+        [--preview PNG] [--min-face-size 20] [--max-side 1024] [--max-pixels N] [--device CPU:0] [--batch 32]
 
 Every file under DIR (recursively) is read and MTCNN (the `mtcnn` package, weights inside it) finds the faces;
 the one nearest the image centre is warped by the least-squares similarity transform of its 5 points onto the
@@ -15,7 +15,8 @@ ArcFace template, for each `--size` (default: 112 112 and 112 96). Outputs, for 
 
 An image without a face gets a centre crop (default; counted, listed, and not in the annotation CSVs) or is left
 out (`--no-face skip`). Corrupt, empty, huge or non-image files are reported with their path and skipped. Every
-output file is written atomically. Detection runs in this process; warping, pose fitting and PNG encoding run in
+output file is written atomically. Detection runs in this process, `--batch` files at a time (images of one
+size share MTCNN's network calls); warping, pose fitting and PNG encoding run in
 a pool of `--workers` processes while the next chunk is detected. `--preview PNG` draws the first inputs with
 their detected points beside their crops.
 """
@@ -217,7 +218,8 @@ def align(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out_dir} must lie outside --input {root}")
     detector = detection.FaceDetector(min_face_size=args.min_face_size, max_side=args.max_side, device=args.device)
     run = _Run(sizes, out_dir, preview=args.preview is not None)
-    detections = detect_files(root, files, detector, args.max_pixels, description=f"align {root.name}")
+    detections = detect_files(root, files, detector, args.max_pixels, description=f"align {root.name}",
+                              batch_size=args.batch)
     # spawn: the workers must not inherit this process's TensorFlow threads
     pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers else None
     try:

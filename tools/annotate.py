@@ -1,7 +1,7 @@
 """Annotate face images with 5 landmarks and head pose, as a CSV that `tools.make_tfrecords --landmarks` reads.
 
     python -m tools.annotate --input DIR --out CSV [--reference CSV] [--min-face-size 20] [--max-side 1024]
-        [--max-pixels N] [--device CPU:0]
+        [--max-pixels N] [--device CPU:0] [--batch 32]
 
 Every file under DIR (recursively) is read; MTCNN (the `mtcnn` package, weights inside it) finds the faces and the
 one nearest the image centre gives the row
@@ -37,6 +37,7 @@ from tfface.data.landmarks import (estimate_pose, eye_centre_distance, five_from
 
 EXIT_INPUT_ERROR = 2
 NME_FAILURE_THRESHOLD = 0.1
+DEFAULT_DETECT_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -77,26 +78,43 @@ def write_annotation_csv(path, annotations: list[Annotation], num_points: int = 
     write_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
-def detect_files(root, files: list[str], detector, max_pixels: int = DEFAULT_MAX_PIXELS, description="detect"):
-    """Yield a FileDetection per file of `root`, with a progress bar and a line per skipped file on stderr; a bad
-    file never stops the loop."""
+def detect_files(root, files: list[str], detector, max_pixels: int = DEFAULT_MAX_PIXELS, description="detect",
+                 batch_size: int = 1):
+    """Yield a FileDetection per file of `root` in order, with a progress bar and a line per skipped file on stderr;
+    a bad file never stops the loop. batch_size > 1: the readable images of each run of `batch_size` files go to
+    `detector.detect_batch` together (one image at a time again if that call fails, to find the odd one)."""
     root = Path(root)
-    for relative in tqdm(files, desc=description, unit="image", file=sys.stderr):
-        try:
-            image = read_rgb(root / relative, max_pixels=max_pixels)
-        except UnreadableImageError as error:
-            tqdm.write(f"skipped {error}", file=sys.stderr)
-            yield FileDetection(relative, error=error.reason)
-            continue
-        try:
-            faces = detector.detect(image)
-        except Exception as error:  # one odd image must not end a long run: report it and go on
-            reason = f"detection failed: {type(error).__name__}: {error}"
-            tqdm.write(f"skipped {root / relative}: {reason}", file=sys.stderr)
-            yield FileDetection(relative, error=reason)
-            continue
-        yield FileDetection(relative, image=image, face=detection.central_face(faces, *image.shape[:2]),
-                            faces_found=len(faces))
+    progress = tqdm(total=len(files), desc=description, unit="image", file=sys.stderr)
+    for start in range(0, len(files), batch_size):
+        chunk = []  # (relative, image or None, the reason it was not read)
+        for relative in files[start:start + batch_size]:
+            try:
+                chunk.append((relative, read_rgb(root / relative, max_pixels=max_pixels), None))
+            except UnreadableImageError as error:
+                tqdm.write(f"skipped {error}", file=sys.stderr)
+                chunk.append((relative, None, error.reason))
+        images = [image for _, image, _ in chunk if image is not None]
+        batch_faces = None
+        if batch_size > 1 and len(images) > 1:
+            try:
+                batch_faces = iter(detector.detect_batch(images))
+            except Exception:  # noqa: BLE001 - retried image by image below, where the error is reported
+                batch_faces = None
+        for relative, image, reason in chunk:
+            progress.update()
+            if image is None:
+                yield FileDetection(relative, error=reason)
+                continue
+            try:
+                faces = next(batch_faces) if batch_faces is not None else detector.detect(image)
+            except Exception as error:  # one odd image must not end a long run: report it and go on
+                reason = f"detection failed: {type(error).__name__}: {error}"
+                tqdm.write(f"skipped {root / relative}: {reason}", file=sys.stderr)
+                yield FileDetection(relative, error=reason)
+                continue
+            yield FileDetection(relative, image=image, face=detection.central_face(faces, *image.shape[:2]),
+                                faces_found=len(faces))
+    progress.close()
 
 
 def reference_five_points(reference: dict, keys: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
@@ -135,7 +153,8 @@ def annotate(args: argparse.Namespace) -> int:
     reference = read_annotation_csv(args.reference)[0] if args.reference else None
     detector = detection.FaceDetector(min_face_size=args.min_face_size, max_side=args.max_side, device=args.device)
     annotations, no_face, skipped = [], [], []
-    for result in detect_files(root, files, detector, args.max_pixels, description=f"annotate {root.name}"):
+    for result in detect_files(root, files, detector, args.max_pixels, description=f"annotate {root.name}",
+                               batch_size=args.batch):
         if result.error is not None:
             skipped.append((result.path, result.error))
         elif result.face is None:
@@ -167,6 +186,9 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="skip images with more pixels than this")
     parser.add_argument("--device", default="CPU:0", help="TensorFlow device for MTCNN")
+    parser.add_argument("--batch", type=int, default=DEFAULT_DETECT_BATCH,
+                        help="files read and detected together (images of one size share MTCNN's calls; "
+                             "1: one at a time)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +206,8 @@ def check_detector_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--min-face-size must be >= 12, got {args.min_face_size}")
     if args.max_side != 0 and args.max_side < 12:
         raise ValueError(f"--max-side must be 0 or >= 12, got {args.max_side}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.max_pixels < 1:
         raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     args.max_side = args.max_side or None
