@@ -102,11 +102,18 @@ def normalised_mean_error(predicted, target, normaliser) -> np.ndarray:
 
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """R = Rz(roll) Ry(yaw) Rx(pitch), angles in degrees (see the module docstring) -> [3, 3]."""
-    yaw, pitch, roll = np.radians([yaw, pitch, roll])
-    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
-    about_x = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
-    about_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    about_z = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return _rotation_matrices(np.radians([yaw, pitch, roll]))
+
+
+def _rotation_matrices(angles: np.ndarray) -> np.ndarray:
+    """`rotation_matrix` of (yaw, pitch, roll) radians [..., 3] -> [..., 3, 3]."""
+    cy, sy = np.cos(angles[..., 0]), np.sin(angles[..., 0])
+    cp, sp = np.cos(angles[..., 1]), np.sin(angles[..., 1])
+    cr, sr = np.cos(angles[..., 2]), np.sin(angles[..., 2])
+    zero, one = np.zeros_like(cy), np.ones_like(cy)
+    about_x = np.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], axis=-1).reshape(*cy.shape, 3, 3)
+    about_y = np.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], axis=-1).reshape(*cy.shape, 3, 3)
+    about_z = np.stack([cr, -sr, zero, sr, cr, zero, zero, zero, one], axis=-1).reshape(*cy.shape, 3, 3)
     return about_z @ about_y @ about_x
 
 
@@ -135,13 +142,16 @@ class PoseFit:
 
 
 def _projection(parameters: np.ndarray, model: np.ndarray) -> np.ndarray:
-    """parameters (yaw, pitch, roll radians, log scale, tx, ty) -> projected model points [K, 2]."""
-    rotation = rotation_matrix(*np.degrees(parameters[:3]))
-    return np.exp(parameters[3]) * (model @ rotation.T)[:, :2] + parameters[4:6]
+    """parameters (yaw, pitch, roll radians, log scale, tx, ty) [..., 6] -> projected model points [..., K, 2]."""
+    rotation = _rotation_matrices(parameters[..., :3])
+    rotated = np.einsum("kj,...ij->...ki", model, rotation[..., :2, :])
+    return np.exp(parameters[..., 3, None, None]) * rotated + parameters[..., None, 4:6]
 
 
 def _residuals(parameters: np.ndarray, model: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return (_projection(parameters, model) - points).reshape(-1)
+    """[..., 6] -> [..., 2K]."""
+    projected = _projection(parameters, model) - points
+    return projected.reshape(*projected.shape[:-2], -1)
 
 
 def _levenberg_marquardt(parameters: np.ndarray, model: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -149,15 +159,11 @@ def _levenberg_marquardt(parameters: np.ndarray, model: np.ndarray, points: np.n
     damping = 1e-3
     residual = _residuals(parameters, model, points)
     cost = residual @ residual
+    steps = np.eye(len(parameters)) * _JACOBIAN_STEP
     for _ in range(_MAX_ITERATIONS):
-        jacobian = np.stack(
-            [
-                (_residuals(parameters + step, model, points) - _residuals(parameters - step, model, points))
-                / (2 * _JACOBIAN_STEP)
-                for step in np.eye(len(parameters)) * _JACOBIAN_STEP
-            ],
-            axis=1,
-        )
+        # the residuals at parameters +- each step, in one batched evaluation: [2, P, 2K]
+        shifted = _residuals(parameters + np.stack([steps, -steps]), model, points)
+        jacobian = ((shifted[0] - shifted[1]) / (2 * _JACOBIAN_STEP)).T
         normal = jacobian.T @ jacobian
         gradient = jacobian.T @ residual
         update = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-12), -gradient)
