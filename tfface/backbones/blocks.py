@@ -7,14 +7,17 @@ from typing import Dict, Sequence, Tuple
 
 import keras
 
+from tfface.backbones.fused_layers import BatchNormalization
+
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 STAGE_KEYS = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
 def batch_norm(name: str, sync_batchnorm: bool, scale: bool = True) -> keras.layers.BatchNormalization:
-    """BatchNormalization over the last axis; `scale=False` fixes gamma at 1 (no variable)."""
-    return keras.layers.BatchNormalization(
+    """BatchNormalization over the last axis (fused in training, see fused_layers); `scale=False` fixes gamma at 1
+    (no variable)."""
+    return BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=scale, synchronized=sync_batchnorm, name=name
     )
 

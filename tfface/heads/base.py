@@ -16,8 +16,10 @@ def l2_norm(values, axis):
 
 
 def l2_normalize(values, axis):
-    """`values` scaled to unit norm along `axis`; zero vectors stay (finite) zero."""
-    return values / l2_norm(values, axis)
+    """`values` scaled to unit norm along `axis`; zero vectors stay (finite) zero. Multiplies by the reciprocal
+    square root: the gradient of a broadcast division over a [512, classes] kernel took most of the head's time."""
+    squared_norm = ops.sum(ops.square(values), axis=axis, keepdims=True)
+    return values * ops.rsqrt(ops.maximum(squared_norm, _SQUARED_NORM_FLOOR))
 
 
 def safe_angle(cosine):
