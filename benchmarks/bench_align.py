@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         for batch in args.batches:
             time_align(warmup, scratch / f"warmup_out_{batch}", batch, args.workers)
             measured = time_align(photos, scratch / f"out_{batch}", batch, args.workers)
-            rows.append(f"| {batch} | {args.workers} | {len(files)} | {size} | {measured['wall']:.1f} | "
+            rows.append(f"| {batch} | {args.workers} | {len(files)} | {size} | {measured['wall']:.2f} | "
                         f"{len(files) / measured['wall']:.1f} | {len(files) / measured['cpu']:.1f} |")
     print(f"tools.align on {len(files)} photos of {args.input} ({size}), {os.cpu_count()} CPU(s), load average "
           f"{os.getloadavg()[0]:.1f}")
