@@ -92,9 +92,8 @@ class ImportResult:
 
 
 class _Matcher:
-    def __init__(self, graph: _Graph, backbone: keras.Model):
+    def __init__(self, graph: _Graph):
         self.graph = graph
-        self.backbone = backbone
         self.used = set()
         self.result = ImportResult()
 
@@ -280,7 +279,7 @@ def _or_zeros(bias: Optional[np.ndarray], size: int) -> np.ndarray:
 
 def _map_backbone(graph: _Graph, backbone: keras.Model) -> ImportResult:
     """Sets every weight of `backbone` from `graph` (BNs to unfold left at their exact identity form)."""
-    matcher = _Matcher(graph, backbone)
+    matcher = _Matcher(graph)
     mapping: Dict[int, _Mapped] = {}
     for layer in backbone.layers:
         node = layer._inbound_nodes[0]
