@@ -76,8 +76,10 @@ def make_images(size: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(size, *INPUT_SHAPE)).astype(np.float32)
 
 
-def make_student(teacher_dir, k: int = 1, sync_batchnorm: bool = False, with_gate: bool = True) -> FaceTrainer:
-    """tiny + LinearFace + frontal decoder (+ teacher gate), plain SGD; call inside the strategy scope."""
+def make_student(
+    teacher_dir, k: int = 1, sync_batchnorm: bool = False, with_gate: bool = True, scope: str = "backbone"
+) -> FaceTrainer:
+    """tiny + LinearFace + frontal decoder (+ teacher gate of `scope`), plain SGD; call inside the strategy scope."""
     backbone = backbones.get_backbone(
         "tiny", input_shape=INPUT_SHAPE, sync_batchnorm=sync_batchnorm, **BACKBONE_OPTIONS
     )
@@ -85,7 +87,7 @@ def make_student(teacher_dir, k: int = 1, sync_batchnorm: bool = False, with_gat
         image_size=INPUT_SHAPE[:2], channels=(8, 4), blocks_per_stage=1, ssim_filter_size=7, momentum=0.5,
         sync_batchnorm=sync_batchnorm,
     )
-    gate = TeacherTopKGate(str(teacher_dir), k=k) if with_gate else None
+    gate = TeacherTopKGate(str(teacher_dir), k=k, scope=scope) if with_gate else None
     trainer = FaceTrainer(
         backbone, heads.get_head("linearface", NUM_CLASSES, scale=TEACHER_SCALE), branches=[decoder], gate=gate
     )
@@ -99,12 +101,6 @@ def fill_bank(trainer: FaceTrainer, seed: int = 3) -> None:
     decoder = trainer.branches[0]
     decoder.bank.assign(np.random.default_rng(seed).uniform(-1, 1, size=decoder.bank.shape).astype(np.float32))
     decoder.seen.assign(np.ones(NUM_CLASSES, np.float32))
-
-
-def student_weights(trainer: FaceTrainer):
-    """Backbone, head and decoder variables (what the student's optimizer and batch norm change)."""
-    variables = trainer.backbone.weights + trainer.head.weights + trainer.branches[0].decoder.weights
-    return [variable.numpy() for variable in variables]
 
 
 def step(trainer: FaceTrainer, images, labels):
@@ -145,10 +141,27 @@ def test_teacher_is_frozen_outside_the_student_and_logs_the_kept_fraction(teache
         np.testing.assert_array_equal(variable.numpy(), before)
 
 
-def test_gated_out_example_contributes_exactly_zero_gradient_to_the_student(teacher_dir):
-    """Example 0's label is outside the teacher's top-1; changing it to another such label changes its identity loss
-    and its decoder target (the bank image of its label), yet the student's update stays bit for bit the same. With
-    k = C (nothing gated) the same change does move the student."""
+def student_parts(trainer: FaceTrainer):
+    """(backbone trainable, head, decoder trainable) weights as numpy arrays."""
+    return tuple(
+        [variable.numpy() for variable in variables]
+        for variables in (
+            trainer.backbone.trainable_variables, trainer.head.weights, trainer.branches[0].decoder.trainable_variables
+        )
+    )
+
+
+@pytest.mark.parametrize("scope", ["backbone", "losses"])
+def test_gated_out_example_sends_no_gradient_into_the_backbone(teacher_dir, scope):
+    """Algorithm 1 (paper 001): "if y_i in topk(prob_yteacher, k) then gradForEm = filter(gradFromLoss) end if;
+    studentNet.backward(gradForEm)", while "gradDLoss = FCLMSoftmax.backward(DLoss)" and
+    "gradGLoss = genNet.backward(GLoss)" run for every example.
+
+    Example 0's label is outside the teacher's top-1; changing it to another such label changes its identity loss
+    (both labels' bank images are equal, so its decoder target stays: the decoder's batch norm would carry a GLoss
+    change to the other examples' embeddings, a gradient Algorithm 1 passes). Scope "backbone" (the paper's): the
+    backbone's update stays bit for bit the same and the head's W moves. Scope "losses": the whole student's update
+    stays the same. With k = C (nothing gated) the change moves the backbone too."""
     images = make_images()
     teacher_top1 = numpy_teacher_logits(teacher_dir, images).argmax(axis=1)
     labels = teacher_top1.astype(np.int32)
@@ -158,24 +171,92 @@ def test_gated_out_example_contributes_exactly_zero_gradient_to_the_student(teac
 
     def updates(k):
         """The student's weights after one step from the same start with each labelling."""
-        trainer = make_student(teacher_dir, k=k)
+        trainer = make_student(teacher_dir, k=k, scope=scope)
         fill_bank(trainer)
+        bank = trainer.branches[0].bank
+        bank.assign(tf.tensor_scatter_nd_update(bank, [[outside[1]]], bank[outside[0]][None]))
         initial = trainer.get_weights()  # SGD without momentum: the weights are the whole training state
         results = []
         for labels_of_step in (first, second):
             trainer.set_weights(initial)
             logs = step(trainer, images, labels_of_step)
-            results.append(student_weights(trainer))
+            results.append(student_parts(trainer))
         return results, logs
+
+    def largest_change(mine, theirs):
+        return max(np.abs(a - b).max() for a, b in zip(mine, theirs))
 
     (gated_first, gated_second), logs = updates(k=1)
     np.testing.assert_allclose(logs["kept_fraction"], 7 / 8)
     assert logs["frontal_decoder_loss"] > 0
-    for mine, theirs in zip(gated_first, gated_second):
+    for mine, theirs in zip(gated_first[0], gated_second[0]):
         np.testing.assert_array_equal(mine, theirs)
+    for mine, theirs in zip(gated_first[2], gated_second[2]):  # the decoder: same targets, same update
+        np.testing.assert_array_equal(mine, theirs)
+    if scope == "backbone":
+        assert largest_change(gated_first[1], gated_second[1]) > 1e-4
+    else:
+        for mine, theirs in zip(gated_first[1], gated_second[1]):
+            np.testing.assert_array_equal(mine, theirs)
 
     (open_first, open_second), _ = updates(k=NUM_CLASSES)
-    assert max(np.abs(a - b).max() for a, b in zip(open_first, open_second)) > 1e-4
+    assert largest_change(open_first[0], open_second[0]) > 1e-4
+
+
+def numpy_linearface_loss(embeddings, kernel, labels, scale=TEACHER_SCALE, a=0.88, b=0.88):
+    """Mean cross entropy of LinearFace (paper 001, Eq. 10: target s(-a theta_y + b), others s cos theta_j), float64."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    cosine = unit @ (kernel / np.linalg.norm(kernel, axis=0, keepdims=True))
+    rows = np.arange(len(labels))
+    logits = scale * cosine
+    logits[rows, labels] = scale * (-a * np.arccos(np.clip(cosine[rows, labels], -1 + 1e-7, 1 - 1e-7)) + b)
+    logits -= logits.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[rows, labels]))
+
+
+def test_all_gated_out_batch_trains_w_and_the_decoder_and_leaves_the_backbone(teacher_dir):
+    """Algorithm 1 (paper 001): "gradDLoss = FCLMSoftmax.backward(DLoss)" and "gradGLoss = genNet.backward(GLoss)"
+    for every example; only "gradForEm = filter(gradFromLoss)", the gradient into the student network, passes the
+    top-k test.
+
+    Every label of the batch is outside the teacher's top-1: the backbone's trainable weights stay bit for bit the
+    same, W takes the plain SGD step of the ungated DLoss (its gradient by central differences of a float64 numpy
+    LinearFace loss), and the decoder takes the same step as a student without a gate."""
+    images = make_images()
+    labels = ((numpy_teacher_logits(teacher_dir, images).argmax(axis=1) + 1) % NUM_CLASSES).astype(np.int32)
+    gated = make_student(teacher_dir, k=1)
+    fill_bank(gated)
+    parts = (gated.backbone, gated.head, gated.branches[0])
+    initial = [part.get_weights() for part in parts]
+    embeddings = gated.backbone(images, training=True)["embedding"].numpy().astype(np.float64)
+    gated.backbone.set_weights(initial[0])  # undo the moving batch-norm statistics of that call
+    kernel = gated.head.kernel.numpy().astype(np.float64)
+    backbone_before, _, decoder_before = student_parts(gated)
+    logs = step(gated, images, labels)
+    assert logs["kept_fraction"] == 0.0 and logs["frontal_decoder_loss"] > 0
+
+    backbone_after, (kernel_after,), decoder_after = student_parts(gated)
+    for before, after in zip(backbone_before, backbone_after):
+        np.testing.assert_array_equal(before, after)
+    gradient = np.zeros_like(kernel)
+    delta = 1e-6
+    for index in np.ndindex(kernel.shape):
+        shifted = [kernel.copy(), kernel.copy()]
+        shifted[0][index] += delta
+        shifted[1][index] -= delta
+        gradient[index] = (
+            numpy_linearface_loss(embeddings, shifted[0], labels) - numpy_linearface_loss(embeddings, shifted[1], labels)
+        ) / (2 * delta)
+    np.testing.assert_allclose(kernel_after, kernel - 0.1 * gradient, atol=2e-5)
+    assert np.abs(kernel_after - kernel).max() > 1e-3
+
+    ungated = make_student(teacher_dir, with_gate=False)
+    for part, weights in zip((ungated.backbone, ungated.head, ungated.branches[0]), initial):
+        part.set_weights(weights)
+    step(ungated, images, labels)
+    for before, mine, theirs in zip(decoder_before, decoder_after, student_parts(ungated)[2]):
+        assert not np.array_equal(before, mine)
+        np.testing.assert_allclose(mine, theirs, atol=1e-6)
 
 
 def test_mirrored_gated_step_with_decoder_equals_single_device_step(teacher_dir):

@@ -7,8 +7,10 @@ momentum mean image y_c (Eq. 12), so the embedding must keep enough information 
     GLoss = L1(x_gen, y_c) + (1 - SSIM(x_gen, y_c)) / 2         Eq. 13-14, per example, pixels in [0, 1]
     y_c  <- (1 - mu) mean_{i: y_i = c} x_i + mu y_c             Eq. 12, after each optimizer step
 
-GLoss is a per-example loss, so the trainer multiplies it by the gate's weights together with the identity loss
-(DLoss + GLoss gated together, Eq. 15). An example whose class has no bank image yet contributes no GLoss.
+GLoss is a per-example loss added to the identity loss (Eq. 15). Under the teacher gate's default scope the decoder
+learns from every example (`genNet.backward(GLoss)` in Algorithm 1 is outside the top-k test) and only the gradient
+into the backbone is filtered; scope "losses" gates GLoss with DLoss. An example whose class has no bank image yet
+contributes no GLoss.
 
 The bank: a non-trainable variable [C, h, w, 3] of normalised images ((pixel - 127.5) / 128) at the decoder's
 `image_size`, plus a 0/1 "seen" flag per class. Each step moves every class of the GLOBAL batch once, towards the mean

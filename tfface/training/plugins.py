@@ -5,7 +5,7 @@ distribution strategy with the rest of the model. The trainer hands each plug-in
 training step computed; a plug-in reads what it needs from it.
 
 Loss convention (what makes MirroredStrategy correct): a loss method returns either a per-example tensor [N]
-(averaged by the trainer over the GLOBAL batch, after multiplication by the gate's weights) or a scalar that is a
+(averaged by the trainer over the GLOBAL batch; a gate weighs it per its scope, see `Gate`) or a scalar that is a
 property of the whole model (for example a term on the class-centre matrix), which the trainer divides by the number
 of replicas, because gradients are summed across replicas.
 """
@@ -124,10 +124,26 @@ class Branch(Plugin):
         return None
 
 
+GATE_SCOPES = ("backbone", "losses")
+
+
 class Gate(keras.layers.Layer):
-    """Per-example weights on every per-example loss (LATSE's frozen-teacher top-k gate)."""
+    """Per-example weights in [0, 1] (LATSE's frozen-teacher top-k gate), applied by the trainer per `scope`:
+
+    - "backbone" (default; LATSE Algorithm 1, where only `gradForEm`, the gradient into the student network, is
+      filtered): every per-example loss counts in full for the head, the branches and the regularizers, and the
+      gradient that flows from example i's losses back into the backbone is multiplied by its weight;
+    - "losses": every per-example loss is multiplied by the weight before the global-batch average, so a gated-out
+      example trains nothing (not the head's W, not a decoder).
+    """
 
     log_names: Tuple[str, ...] = ()
+
+    def __init__(self, scope: str = "backbone", **kwargs):
+        super().__init__(**kwargs)
+        if scope not in GATE_SCOPES:
+            raise ValueError(f"gate.options.scope: unknown scope {scope!r}; available: {', '.join(GATE_SCOPES)}")
+        self.scope = scope
 
     def logs(self, context: StepContext) -> Dict[str, tf.Tensor]:
         return {}
@@ -136,5 +152,5 @@ class Gate(keras.layers.Layer):
         self.built = True
 
     def weights_for(self, context: StepContext) -> tf.Tensor:
-        """float32 [N] weights in [0, 1] for the examples of this replica."""
+        """float32 [N] weights in [0, 1] for the examples of this replica (called before the head runs)."""
         raise NotImplementedError

@@ -1,8 +1,12 @@
 """LATSE's frozen-teacher gate (paper 001, Sec. 3.3 and Algorithm 1), registered in GATES as "teacher_topk".
 
-A teacher is trained first on the same (noisy) data and frozen. During the student's training an example counts
-(weight 1) only when its given label is among the teacher's top-k classes for the image, else its weight is 0, so
-its identity loss and every per-example branch loss (the frontal decoder's GLoss) send no gradient to the student.
+A teacher is trained first on the same (noisy) data and frozen. During the student's training an example has weight
+1 when its given label is among the teacher's top-k classes for the image, else 0. With the default scope
+"backbone" (Algorithm 1: `if y_i in topk(prob_yteacher, k) then gradForEm = filter(gradFromLoss)`, then
+`studentNet.backward(gradForEm)`), a gated-out example sends no gradient into the student's backbone, while the
+classifier W (`FCLMSoftmax.backward(DLoss)`) and the decoder (`genNet.backward(GLoss)`) still learn from it. Scope
+"losses" multiplies its identity loss and every per-example branch loss by 0 instead (W and decoder learn nothing
+from it either).
 
 The teacher is rebuilt from its training work dir: run.json (backbone, input shape, embedding size, class count),
 config.yaml (backbone and head options), backbone.weights.h5 and head.weights.npz. Its backbone runs in inference
@@ -59,13 +63,17 @@ class TeacherTopKGate(Gate):
     """Weight 1 where the given label is in the frozen teacher's top-k classes, else 0.
 
     teacher: the teacher's training work dir (trainers.train output); k: the top-k of Algorithm 1 (1 or 3 in the
-    paper). Logs "kept_fraction", the share of examples whose loss counts.
+    paper); scope: "backbone" (Algorithm 1) or "losses" (see `Gate`). Logs "kept_fraction", the share of
+    examples with weight 1.
     """
 
     log_names = ("kept_fraction",)
 
-    def __init__(self, teacher: str, k: int = 1, name: str = "teacher_topk"):
-        super().__init__(name=name)
+    def __init__(self, teacher: str, k: int = 1, scope: str = "backbone", name: str = "teacher_topk"):
+        try:
+            super().__init__(scope=scope, name=name)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ConfigError(f"gate.options.k must be a positive integer, got {k!r}")
         self.k = int(k)

@@ -3,9 +3,11 @@
 One step (DESIGN.md, "The one idea"):
 1. forward the backbone once;
 2. adversary phase: each branch with an adversary loss updates its own variables on stop-gradient features;
-3. main phase: identity loss per example, plus per-example plug-in losses, all times the gate's weights and averaged
-   over the global batch; plus model-wide plug-in terms divided by the number of replicas; gradients go to the
-   backbone and head (main optimizer) and to the branches' cooperative variables (their own optimizers);
+3. main phase: identity loss per example, plus per-example plug-in losses, averaged over the global batch; plus
+   model-wide plug-in terms divided by the number of replicas; gradients go to the backbone and head (main
+   optimizer) and to the branches' cooperative variables (their own optimizers). A gate of scope "backbone" (LATSE
+   Algorithm 1) scales each example's gradient into the backbone by its weight and leaves the losses whole; one of
+   scope "losses" multiplies every per-example loss by the weight;
 4. post-update hooks (centre updates, W projection, mean-image banks).
 Only the backbone's embedding path is kept at export (`call` returns the embedding).
 """
@@ -14,6 +16,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from tfface.training.gates import gate_backbone_gradient
 from tfface.training.plugins import Branch, Gate, Plugin, Regularizer, StepContext
 from tfface.training.precision import rescale_gradients
 
@@ -212,8 +215,11 @@ class FaceTrainer(keras.Model):
             context = StepContext(batch=data, features=features, labels=labels, head=self.head, step=step)
             with tape.stop_recording():
                 self._adversary_phase(context)
-            context.head_outputs = self.head(features["embedding"], labels, training=True)
             example_weights = None if self.gate is None else tf.cast(self.gate.weights_for(context), tf.float32)
+            if example_weights is not None and self.gate.scope == "backbone":
+                context.features = gate_backbone_gradient(features, example_weights)
+                example_weights = None  # the losses count whole: the gate acts on the backbone's gradient only
+            context.head_outputs = self.head(context.features["embedding"], labels, training=True)
             targets = context.head_outputs.get("targets", labels)
             identity_loss = keras.losses.sparse_categorical_crossentropy(
                 targets, context.head_outputs["logits"], from_logits=True
