@@ -340,15 +340,27 @@ def config_with(tmp_path, head, regularizers):
     return load_config(str(path))
 
 
-def test_exclusive_warmup_follows_eq15(tmp_path):
-    """lambda*(t) = t / N lambda for t <= N epochs, then lambda; the builder turns N epochs into steps."""
-    config = config_with(tmp_path, "softmax", [{"name": "exclusive", "weight": 6.0, "warmup_epochs": 2}])
-    trainer = build_trainer(config, NUM_CLASSES, steps_per_epoch=5, input_shape=INPUT_SHAPE)
-    weight = trainer.regularizers[0].loss_weight
-    for step in (0, 1, 5, 7, 10, 11, 40):
-        epochs = step / 5
-        expected = epochs / 2 * 6.0 if epochs <= 2 else 6.0
+def test_exclusive_warmup_follows_eq15_per_epoch(tmp_path):
+    """Paper 004, Eq. 15: "Suppose lambda is the weight of exclusive regularization, t is time step (epoch), and N is
+    the number of epochs for annealing. The effective exclusive weight lambda* warms up linearly":
+    lambda*(t) = t / N lambda for t <= N, else lambda. With 5 steps an epoch, N = 2, lambda = 6: epoch 0 (steps 0-4)
+    trains with 0, epoch 1 (steps 5-9) with 3, every later epoch with 6. `warmup_per: step` ramps every step."""
+    regularizer = {"name": "exclusive", "weight": 6.0, "warmup_epochs": 2}
+    config = config_with(tmp_path, "softmax", [regularizer])
+    weight = build_trainer(config, NUM_CLASSES, steps_per_epoch=5, input_shape=INPUT_SHAPE).regularizers[0].loss_weight
+    by_epoch = {0: 0.0, 4: 0.0, 5: 3.0, 9: 3.0, 10: 6.0, 14: 6.0, 40: 6.0}
+    for step, expected in by_epoch.items():
+        assert float(weight(step)) == expected, step
+
+    config = config_with(tmp_path, "softmax", [dict(regularizer, warmup_per="step")])
+    weight = build_trainer(config, NUM_CLASSES, steps_per_epoch=5, input_shape=INPUT_SHAPE).regularizers[0].loss_weight
+    by_step = {0: 0.0, 1: 0.6, 4: 2.4, 5: 3.0, 7: 4.2, 10: 6.0, 40: 6.0}
+    for step, expected in by_step.items():
         np.testing.assert_allclose(float(weight(step)), expected, rtol=1e-6)
+
+    config = config_with(tmp_path, "softmax", [dict(regularizer, warmup_per="iteration")])
+    with pytest.raises(ConfigError, match=r"regularizers\[0\]\.warmup_per must be one of epoch, step"):
+        build_trainer(config, NUM_CLASSES, steps_per_epoch=5, input_shape=INPUT_SHAPE)
 
 
 REGULARIZER_CONFIGS = {
@@ -356,8 +368,8 @@ REGULARIZER_CONFIGS = {
     "sphereface_cia.yaml": ("sphereface", ["center_invariant"]),
     "softmax_center_cia.yaml": ("softmax", ["center", "center_invariant"]),
     "lsoftmax_center_cia.yaml": ("lsoftmax", ["center", "center_invariant"]),
-    "regularface_softmax.yaml": ("softmax", ["exclusive"]),
-    "regularface_center.yaml": ("softmax", ["center", "exclusive"]),
+    "regularface_softmax.yaml": ("normface", ["exclusive"]),
+    "regularface_center.yaml": ("normface", ["center", "exclusive"]),
     "regularface_sphereface.yaml": ("sphereface", ["exclusive"]),
 }
 
@@ -382,6 +394,41 @@ def test_shipped_config_builds_a_trainer_that_steps_with_its_regularizers(file_n
             np.testing.assert_allclose(np.linalg.norm(trainer.head.kernel.numpy(), axis=0), 1.0, rtol=1e-6)
         else:
             assert np.abs(regularizer.centers.numpy()).sum() > 0  # moved off their zero start
+
+
+def test_regularface_softmax_config_is_the_angular_softmax_of_eq4():
+    """Paper 004, Sec. 3.1: "Then we zero the bias and normalize each column of W to deduce the angular softmax
+    loss", p_c(x_i) = exp(||x_i|| cos phi_ic) / sum_j exp(||x_i|| cos phi_ij) (Eq. 4), the L_s of Eq. 8.
+
+    regularface_softmax.yaml's head has no bias and no fixed scale: its logits and cross entropy on random embeddings
+    and an unnormalised W equal the float64 numpy Eq. 4 / Eq. 8, and after a training step W's columns are unit
+    vectors (Eq. 13)."""
+    config = load_config(
+        str(CONFIG_DIR / "regularface_softmax.yaml"),
+        ["backbone.name=tiny", f"backbone.options.embedding_size={EMBEDDING}", "train.batch_size=8"],
+    )
+    trainer = build_trainer(config, NUM_CLASSES, steps_per_epoch=1, input_shape=INPUT_SHAPE)
+    head = trainer.head
+    assert [variable.name for variable in head.weights] == ["kernel"]  # zero bias: there is none
+
+    rng = np.random.default_rng(4)
+    kernel = rng.normal(scale=3.0, size=(EMBEDDING, NUM_CLASSES))
+    embeddings = rng.normal(scale=5.0, size=(6, EMBEDDING))
+    labels = np.array([0, 1, 2, 3, 1, 0], np.int32)
+    head.kernel.assign(kernel.astype(np.float32))
+    outputs = head(embeddings.astype(np.float32), labels)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    cosine = (embeddings / norms) @ (kernel / np.linalg.norm(kernel, axis=0))
+    expected_logits = norms * cosine
+    np.testing.assert_allclose(outputs["logits"].numpy(), expected_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outputs["plain_logits"].numpy(), expected_logits, rtol=1e-5, atol=1e-5)
+    log_posterior = expected_logits - np.log(np.exp(expected_logits).sum(axis=1, keepdims=True))
+    expected_loss = -log_posterior[np.arange(6), labels].mean()
+    loss = keras.losses.sparse_categorical_crossentropy(labels, outputs["logits"], from_logits=True)
+    np.testing.assert_allclose(float(np.mean(loss)), expected_loss, rtol=1e-5)
+
+    trainer.train_on_batch(make_batch())
+    np.testing.assert_allclose(np.linalg.norm(head.kernel.numpy(), axis=0), 1.0, rtol=1e-6)
 
 
 def test_unknown_regularizer_and_option_are_named():

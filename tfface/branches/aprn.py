@@ -83,10 +83,13 @@ class AdversarialPoseRegression(Branch):
         five_points: bool = False,
         weight: float = 0.2,
         warmup_steps: int = 0,
+        warmup_every: int = 1,
         optimizer: Optional[keras.optimizers.Optimizer] = None,
         name: str = "aprn",
     ):
-        super().__init__(weight=weight, warmup_steps=warmup_steps, optimizer=optimizer, name=name)
+        super().__init__(
+            weight=weight, warmup_steps=warmup_steps, warmup_every=warmup_every, optimizer=optimizer, name=name
+        )
         if stage not in STAGE_KEYS:
             raise ValueError(f"{name}: unknown stage '{stage}'; available: {', '.join(STAGE_KEYS)}")
         if objective not in OBJECTIVES:

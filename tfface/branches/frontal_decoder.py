@@ -145,10 +145,13 @@ class FrontalDecoder(Branch):
         ssim_filter_size: int = 11,
         weight: float = 1.0,
         warmup_steps: int = 0,
+        warmup_every: int = 1,
         optimizer: Optional[keras.optimizers.Optimizer] = None,
         name: str = "frontal_decoder",
     ):
-        super().__init__(weight=weight, warmup_steps=warmup_steps, optimizer=optimizer, name=name)
+        super().__init__(
+            weight=weight, warmup_steps=warmup_steps, warmup_every=warmup_every, optimizer=optimizer, name=name
+        )
         if len(tuple(image_size)) != 2 or min(int(size) for size in image_size) < 1:
             raise ValueError(f"{name}: image_size must be (h, w) of positive integers, got {image_size!r}")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:

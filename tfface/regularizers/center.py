@@ -14,8 +14,10 @@ class CenterLoss(RunningCentersRegularizer):
     Wen's update (see class_centers.py). Config: {name: center, weight: lambda, options: {alpha: 0.5}}.
     """
 
-    def __init__(self, alpha: float = 0.5, weight: float = 1.0, warmup_steps: int = 0, name: str = "center"):
-        super().__init__(alpha=alpha, weight=weight, warmup_steps=warmup_steps, name=name)
+    def __init__(
+        self, alpha: float = 0.5, weight: float = 1.0, warmup_steps: int = 0, warmup_every: int = 1, name: str = "center"
+    ):
+        super().__init__(alpha=alpha, weight=weight, warmup_steps=warmup_steps, warmup_every=warmup_every, name=name)
 
     def loss(self, context: StepContext) -> tf.Tensor:
         embeddings = self.embeddings_of(context)

@@ -28,9 +28,14 @@ class CenterInvariantLoss(RunningCentersRegularizer):
     """
 
     def __init__(
-        self, alpha: float = 0.5, weight: float = 1.0, warmup_steps: int = 0, name: str = "center_invariant"
+        self,
+        alpha: float = 0.5,
+        weight: float = 1.0,
+        warmup_steps: int = 0,
+        warmup_every: int = 1,
+        name: str = "center_invariant",
     ):
-        super().__init__(alpha=alpha, weight=weight, warmup_steps=warmup_steps, name=name)
+        super().__init__(alpha=alpha, weight=weight, warmup_steps=warmup_steps, warmup_every=warmup_every, name=name)
 
     def loss(self, context: StepContext) -> tf.Tensor:
         embeddings = self.embeddings_of(context)

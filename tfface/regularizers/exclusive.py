@@ -7,8 +7,9 @@ On the head's class-centre matrix W (our kernel is [D, C]: column W_i is class i
 Its (sub)gradient for column j collects the nearest neighbour j' of W_j and every column whose nearest neighbour
 is W_j (Eq. 14); differentiating through the normalisation gives, per term, the part of that neighbour orthogonal
 to W_j, divided by the norms. After every optimizer step the columns are projected back to unit norm (Eq. 13). The
-linear warm-up of the weight (Eq. 15) is the config entry's `warmup_epochs` (LossWeight). The cosine matrix takes
-C^2 floats.
+linear warm-up of the weight (Eq. 15, "t is time step (epoch)") is the config entry's `warmup_epochs` N: during
+epoch e (from 0) the weight is min(e / N, 1) lambda; `warmup_per: step` ramps it every step instead (LossWeight).
+The cosine matrix takes C^2 floats.
 """
 import keras
 import tensorflow as tf
@@ -40,12 +41,12 @@ def _project_columns(strategy: tf.distribute.Strategy, kernel: tf.Variable) -> N
 class ExclusiveRegularizer(Regularizer):
     """Model-wide scalar loss L_r(head.kernel); after each step, every column of head.kernel is set to unit norm.
 
-    Config: {name: exclusive, weight: lambda, warmup_epochs: N}. The projection is applied once in cross-replica
+    Config: {name: exclusive, weight: lambda, warmup_epochs: N, warmup_per: epoch}. The projection is applied once in cross-replica
     context (the kernel is a mirrored variable), so every replica keeps the same W.
     """
 
-    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, name: str = "exclusive"):
-        super().__init__(weight=weight, warmup_steps=warmup_steps, name=name)
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, warmup_every: int = 1, name: str = "exclusive"):
+        super().__init__(weight=weight, warmup_steps=warmup_steps, warmup_every=warmup_every, name=name)
 
     def build_for(self, features_spec, head: keras.layers.Layer) -> None:
         if not hasattr(head, "kernel"):

@@ -15,7 +15,8 @@ from tfface.training.strategy import select_strategy  # noqa: F401  (re-exported
 from tfface.training.trainer import FaceTrainer
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-PLUGIN_KEYS = {"name", "weight", "warmup_epochs", "options", "optimizer", "enabled"}
+PLUGIN_KEYS = {"name", "weight", "warmup_epochs", "warmup_per", "options", "optimizer", "enabled"}
+WARMUP_UNITS = ("epoch", "step")
 GATE_KEYS = {"name", "options", "enabled"}
 
 
@@ -58,11 +59,15 @@ def _build_plugin(registry, spec: Dict[str, Any], key: str, steps_per_epoch: int
     unknown = set(spec) - PLUGIN_KEYS
     if unknown:
         raise ConfigError(f"{key}: unknown key(s) {', '.join(sorted(unknown))} for '{spec['name']}'")
+    warmup_per = spec.get("warmup_per", "epoch")
+    if warmup_per not in WARMUP_UNITS:
+        raise ConfigError(f"{key}.warmup_per must be one of {', '.join(WARMUP_UNITS)}, got {warmup_per!r}")
     return registry.build(
         spec["name"],
         name=spec["name"],
         weight=spec.get("weight", 1.0),
         warmup_steps=int(round(spec.get("warmup_epochs", 0) * steps_per_epoch)),
+        warmup_every=steps_per_epoch if warmup_per == "epoch" else 1,  # Eq. 15 of paper 004: t counts epochs
         **extra,
         **spec.get("options", {}),
     )

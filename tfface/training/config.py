@@ -62,8 +62,8 @@ DEFAULTS: Dict[str, Any] = {
         "decay": 0.1,
         "min_learning_rate": 0.0,  # cosine: floor
     },
-    "regularizers": [],  # list of {name, weight, warmup_epochs, options, enabled}
-    "branches": [],  # list of {name, weight, warmup_epochs, optimizer, options, enabled}
+    "regularizers": [],  # list of {name, weight, warmup_epochs, warmup_per (epoch|step), options, enabled}
+    "branches": [],  # list of {name, weight, warmup_epochs, warmup_per, optimizer, options, enabled}
     "gate": None,  # {name, options, enabled}
     "evaluation": {
         "pairs_dir": None,  # an LFW-layout folder with pairs.txt, verified every `every_epochs`

@@ -42,21 +42,30 @@ class StepContext:
 
 
 class LossWeight:
-    """A loss weight with an optional linear warm-up from 0 over `warmup_steps` optimizer steps (RegularFace Eq. 15)."""
+    """A loss weight with an optional linear warm-up from 0 (RegularFace Eq. 15: lambda*(t) = t / N lambda, t <= N).
 
-    def __init__(self, weight: float = 1.0, warmup_steps: int = 0):
+    warmup_steps: N in optimizer steps; warmup_every: the ramp moves once every this many steps, so t counts whole
+    periods: steps_per_epoch gives Eq. 15's "t is time step (epoch)" (lambda* = e / N_epochs lambda during epoch e,
+    counted from 0), 1 a ramp that moves every step.
+    """
+
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, warmup_every: int = 1):
         if weight < 0:
             raise ValueError(f"loss weight must be >= 0, got {weight}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if isinstance(warmup_every, bool) or int(warmup_every) != warmup_every or warmup_every < 1:
+            raise ValueError(f"warmup_every must be an integer >= 1, got {warmup_every!r}")
         self.weight = float(weight)
         self.warmup_steps = int(warmup_steps)
+        self.warmup_every = int(warmup_every)
 
     def __call__(self, step: tf.Tensor) -> tf.Tensor:
         """Weight (float32 scalar) at optimizer step `step`."""
         if self.warmup_steps == 0:
             return tf.constant(self.weight, tf.float32)
-        ramp = tf.minimum(tf.cast(step, tf.float32) / float(self.warmup_steps), 1.0)
+        elapsed = (tf.cast(step, tf.int64) // self.warmup_every) * self.warmup_every
+        ramp = tf.minimum(tf.cast(elapsed, tf.float32) / float(self.warmup_steps), 1.0)
         return self.weight * ramp
 
 
@@ -68,9 +77,9 @@ class Plugin(keras.layers.Layer):
 
     log_names: Tuple[str, ...] = ()
 
-    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, **kwargs):
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, warmup_every: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.loss_weight = LossWeight(weight, warmup_steps)
+        self.loss_weight = LossWeight(weight, warmup_steps, warmup_every)
 
     def build_for(self, features_spec: Dict[str, tuple], head: keras.layers.Layer) -> None:
         """Creates variables once the backbone's output shapes (without batch) and the head are known."""
