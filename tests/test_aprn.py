@@ -95,6 +95,59 @@ def test_discriminator_follows_table_1_and_outputs_landmarks():
     assert set(STAGE_CHANNELS) == {"stem", "stage1", "stage2", "stage3", "stage4"}
 
 
+def built_discriminator(stage_shape, stage="stage4", **options):
+    """An APRN branch (M = 5) built on a backbone whose `stage` map has shape `stage_shape`: its D."""
+    branch = AdversarialPoseRegression(
+        mean_landmarks=MEAN_LANDMARKS.tolist(), stage=stage, optimizer=keras.optimizers.SGD(0.1), **options
+    )
+    branch.build_for({stage: stage_shape, "embedding": (6,)}, None)
+    return branch.discriminator
+
+
+def test_discriminator_layers_follow_table_1_for_the_resnet_and_table_4_for_casia_net():
+    """Paper 000, Table 1 (ResNet-101/152): "Conv/BN/Relu 3x3, stride 2 | Maxpool 3*3 stride 2 | FC 2*M", the stem's
+    widths [256, 512, 1024, 2048], stage4's [2048]. Table 4 ("Structure of the pose discriminator for CASIA-Net"):
+    inputs "The last convolutional layer", "Conv+BN+Relu 3x3x320, stride 1" three times, "Fully Connected (FC) Layer
+    M x 2", no pooling.
+
+    The layer lists are compared with the tables transcribed by hand, and Table 4's D on CASIA-Net's 6x6x320 stage4
+    (a narrow copy, width 3) against a numpy forward pass: three same-padded 3x3 convs of stride 1, batch norm on
+    the batch statistics, ReLU, then the FC on all 6x6x3 values."""
+    def block(width, stride):
+        return [("conv", (width, 3, stride)), ("bn", None), ("relu", None)]
+
+    table_1_stem = sum((block(width, 2) for width in (256, 512, 1024, 2048)), []) + [("maxpool", (3, 2)), ("fc", 10)]
+    assert built_discriminator((7, 7, 8), stage="stem", width_multiplier=1.0).layer_list() == table_1_stem
+    table_1_stage4 = block(2048, 2) + [("maxpool", (3, 2)), ("fc", 10)]
+    assert built_discriminator((7, 7, 8), table=1).layer_list() == table_1_stage4
+    casia_stage4 = backbones.get_backbone("casianet").output["stage4"].shape[1:]
+    assert tuple(casia_stage4) == (6, 6, 320)
+    table_4 = block(320, 1) * 3 + [("fc", 10)]
+    discriminator = built_discriminator(casia_stage4, table=4)
+    assert discriminator.layer_list() == table_4
+    assert discriminator.fc.kernel.shape == (6 * 6 * 320, 10)  # the FC reads the unpooled 6x6 map
+
+    narrow = built_discriminator((6, 6, 2), table=4, width_multiplier=3 / 320)
+    assert narrow.layer_list() == block(3, 1) * 3 + [("fc", 10)]
+    features = np.random.default_rng(5).normal(size=(4, 6, 6, 2))
+    x = features
+    convs = [layer for layer in narrow.blocks if isinstance(layer, keras.layers.Conv2D)]
+    norms = [layer for layer in narrow.blocks if isinstance(layer, keras.layers.BatchNormalization)]
+    for conv, norm in zip(convs, norms):
+        kernel = conv.kernel.numpy().astype(np.float64)  # [3, 3, c_in, c_out]
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        x = sum(
+            padded[:, dy : dy + 6, dx : dx + 6, :] @ kernel[dy, dx] for dy in range(3) for dx in range(3)
+        )
+        x = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2)) + norm.epsilon)
+        x = np.maximum(x, 0.0)
+    expected = x.reshape(4, -1) @ narrow.fc.kernel.numpy() + narrow.fc.bias.numpy()
+    predicted = narrow(features.astype(np.float32), training=True).numpy()
+    np.testing.assert_allclose(predicted, expected.reshape(4, 5, 2), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="aprn: table must be 1 .* or 4"):
+        built_discriminator((6, 6, 2), table=2)
+
+
 def test_l1_distance_against_numpy():
     rng = np.random.default_rng(1)
     predicted, target = rng.normal(size=(4, 5, 2)), rng.normal(size=(1, 5, 2))

@@ -29,7 +29,7 @@ from tfface.data.landmarks import (
 )
 from tfface.branches import BRANCHES
 from tfface.branches.mean_landmarks import check_mean_landmarks, load_mean_landmarks
-from tfface.branches.pose_discriminator import PoseDiscriminator, default_channels
+from tfface.branches.pose_discriminator import PoseDiscriminator, default_channels, table_design
 from tfface.training.plugins import Branch, StepContext
 
 OBJECTIVES = ("adversarial", "part1", "part2")
@@ -59,8 +59,10 @@ class AdversarialPoseRegression(Branch):
       values; needed unless objective is "part1".
     stage: the feature map D reads (stem, stage1..stage4; the paper's best is stage4).
     objective: "adversarial" (Eq. 2) or an ablation of Eq. 3, "part1" or "part2".
-    channels: widths of D's Conv3x3-BN-ReLU blocks; default Table 1's for the stage times `width_multiplier`.
-    strides: stride of D's convs (Table 1: 2; Table 4, CASIA-Net: 1 with channels [320, 320, 320]).
+    table: D's design, 1 (Table 1, the ResNets: Conv3x3-BN-ReLU of stride 2 with the stage's widths, max-pool 3x3
+      stride 2, FC) or 4 (Table 4, CASIA-Net: three Conv3x3x320-BN-ReLU of stride 1, FC; no pooling).
+    channels: widths of D's Conv3x3-BN-ReLU blocks; default the table's (for the stage) times `width_multiplier`.
+    strides: stride of D's convs; default the table's (1: 2, 4: 1).
     update_every: the R' step runs on every k-th optimizer step, the D step on every step (k D updates per R'
       update, Goodfellow et al.'s k).
     num_landmarks: M; read from mean_landmarks when given.
@@ -76,7 +78,8 @@ class AdversarialPoseRegression(Branch):
         objective: str = "adversarial",
         channels: Optional[Sequence[int]] = None,
         width_multiplier: float = 1.0,
-        strides: int = 2,
+        table: int = 1,
+        strides: Optional[int] = None,
         sync_batchnorm: bool = False,
         update_every: int = 1,
         num_landmarks: Optional[int] = None,
@@ -120,8 +123,16 @@ class AdversarialPoseRegression(Branch):
         self.objective = objective
         self.has_adversary = objective == "adversarial"
         self.num_landmarks = int(num_landmarks)
-        self.channels = tuple(channels) if channels is not None else default_channels(stage, width_multiplier)
-        self.strides = strides
+        try:
+            design = table_design(table)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        self.table = table
+        self.channels = (
+            tuple(channels) if channels is not None else default_channels(stage, width_multiplier, table=table)
+        )
+        self.strides = design["strides"] if strides is None else strides
+        self.pool = design["pool"]
         self.sync_batchnorm = sync_batchnorm
         self.update_every = update_every
 
@@ -140,8 +151,9 @@ class AdversarialPoseRegression(Branch):
         if self.stage not in features_spec:
             raise ValueError(f"{self.name}: the backbone has no feature map '{self.stage}'; it has {sorted(features_spec)}")
         self.discriminator = PoseDiscriminator(
-            self.num_landmarks, self.channels, strides=self.strides, sync_batchnorm=self.sync_batchnorm,
-            initial_landmarks=self.mean_landmarks_values, name=f"{self.name}_discriminator",
+            self.num_landmarks, self.channels, strides=self.strides, pool=self.pool,
+            sync_batchnorm=self.sync_batchnorm, initial_landmarks=self.mean_landmarks_values,
+            name=f"{self.name}_discriminator",
         )
         self.discriminator.build((None, *features_spec[self.stage]))
         if self.mean_landmarks_values is not None:

@@ -1,12 +1,12 @@
 """APRN's pose discriminator D (paper 000, Table 1 and Table 4): a landmark regressor on a hidden feature map.
 
-D = [Conv3x3 (stride s) - BN - ReLU] x len(channels) - MaxPool 3x3 stride 2 - Flatten - FC(2M), read as M (x, y)
-landmarks [N, M, 2] in the units of its targets (tfface: (x / w, y / h) of the network input image).
-Table 1 (ResNet-101/152 on 224x224 faces) widens the blocks towards 2048 channels, more of them on shallower stages
-(STAGE_CHANNELS, stride 2); Table 4 (CASIA-Net) uses three 320-channel blocks of stride 1. Padding is "same", so
-any map of at least 1x1 works.
+Table 1 (ResNet-101/152 on 224x224 faces): [Conv3x3 stride 2 - BN - ReLU] with the widths of the input stage (towards
+2048 channels, more blocks on shallower stages) - MaxPool 3x3 stride 2 - FC(2M).
+Table 4 (CASIA-Net, on its last conv layer): three [Conv3x3x320 stride 1 - BN - ReLU] - FC(M x 2), no pooling.
+The FC output is read as M (x, y) landmarks [N, M, 2] in the units of its targets (tfface: (x / w, y / h) of the
+network input image). Padding is "same", so any map of at least 1x1 works.
 """
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import keras
 import numpy as np
@@ -23,21 +23,31 @@ STAGE_CHANNELS = {
 }
 # Table 4: D of CASIA-Net.
 CASIA_CHANNELS = (320, 320, 320)
+TABLES = (1, 4)
 
 
-def default_channels(stage: str, width_multiplier: float = 1.0) -> tuple:
-    """Table 1's widths for `stage` times `width_multiplier` (at least 1 channel each)."""
+def default_channels(stage: str, width_multiplier: float = 1.0, table: int = 1) -> tuple:
+    """The widths of `table` (Table 1's for `stage`, or Table 4's) times `width_multiplier` (at least 1 each)."""
     if stage not in STAGE_CHANNELS:
         raise ValueError(f"stage: unknown stage '{stage}'; available: {', '.join(STAGE_KEYS)}")
     if width_multiplier <= 0:
         raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
-    return tuple(max(1, int(round(width * width_multiplier))) for width in STAGE_CHANNELS[stage])
+    widths = STAGE_CHANNELS[stage] if table == 1 else CASIA_CHANNELS
+    return tuple(max(1, int(round(width * width_multiplier))) for width in widths)
+
+
+def table_design(table: int) -> Dict[str, object]:
+    """{"strides", "pool"} of the table: 1 (ResNet: stride 2, max-pool) or 4 (CASIA-Net: stride 1, no pool)."""
+    if table not in TABLES:
+        raise ValueError(f"table must be 1 (ResNet, Table 1) or 4 (CASIA-Net, Table 4), got {table!r}")
+    return {"strides": 2, "pool": True} if table == 1 else {"strides": 1, "pool": False}
 
 
 class PoseDiscriminator(keras.Model):
     """Feature map [N, h, w, c] -> landmarks [N, M, 2] float32.
 
     channels: widths of the Conv3x3-BN-ReLU blocks; strides: their stride (Table 1: 2, Table 4: 1);
+    pool: the 3x3 stride-2 max-pool before the FC (Table 1: yes, Table 4: no);
     sync_batchnorm: all-reduce the batch statistics across tf.distribute replicas;
     initial_landmarks: [M, 2] the FC bias starts at (so D starts as that constant prediction), default zeros.
     """
@@ -47,6 +57,7 @@ class PoseDiscriminator(keras.Model):
         num_landmarks: int,
         channels: Sequence[int],
         strides: int = 2,
+        pool: bool = True,
         sync_batchnorm: bool = False,
         initial_landmarks=None,
         name: Optional[str] = None,
@@ -72,7 +83,7 @@ class PoseDiscriminator(keras.Model):
                 ),
                 keras.layers.ReLU(name=f"block{index}_relu"),
             ]
-        self.pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool")
+        self.pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool") if pool else None
         self.flatten = keras.layers.Flatten(name="flatten")
         bias = "zeros"
         if initial_landmarks is not None:
@@ -87,13 +98,30 @@ class PoseDiscriminator(keras.Model):
         for layer in self.blocks:
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
-        shape = self.pool.compute_output_shape(shape)
+        if self.pool is not None:
+            shape = self.pool.compute_output_shape(shape)
         self.fc.build((shape[0], shape[1] * shape[2] * shape[3]))
         self.built = True
+
+    def layer_list(self) -> list:
+        """D's layers in order, as (kind, detail): ("conv", (filters, kernel, stride)), ("bn", None), ("relu", None),
+        ("maxpool", (size, stride)), ("fc", units); the Flatten before the FC is not listed."""
+        kinds = {keras.layers.BatchNormalization: "bn", keras.layers.ReLU: "relu"}
+        listed = []
+        for layer in self.blocks:
+            if isinstance(layer, keras.layers.Conv2D):
+                listed.append(("conv", (layer.filters, layer.kernel_size[0], layer.strides[0])))
+            else:
+                listed.append((kinds[type(layer)], None))
+        if self.pool is not None:
+            listed.append(("maxpool", (self.pool.pool_size[0], self.pool.strides[0])))
+        return listed + [("fc", self.fc.units)]
 
     def call(self, features, training=False):
         x = features
         for layer in self.blocks:
             x = layer(x, training=training) if isinstance(layer, keras.layers.BatchNormalization) else layer(x)
-        x = self.fc(self.flatten(self.pool(x)))
+        if self.pool is not None:
+            x = self.pool(x)
+        x = self.fc(self.flatten(x))
         return keras.ops.reshape(keras.ops.cast(x, "float32"), (-1, self.num_landmarks, 2))
