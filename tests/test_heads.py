@@ -305,6 +305,34 @@ def test_arcface_target_is_decreasing_on_zero_to_pi_and_uses_fallback_past_pi_mi
     assert np.any(np.diff(np.cos(theta + margin)) > 0), "plain cos(theta + m) would rise again past pi - m"
 
 
+def test_arcface_easy_margin_keeps_cos_theta_where_it_is_not_positive():
+    """insightface's ArcFace option easy_margin: `phi = torch.where(cosine > 0, phi, cosine)`, i.e. the target is
+    cos(theta + m) where cos theta > 0 and cos theta itself where cos theta <= 0; the default (easy_margin False)
+    keeps insightface's fallback cos theta - m sin(pi - m) past theta = pi - m.
+
+    Targets over theta in (0, pi) against the hand formulas, for both settings."""
+    margin = 0.5
+    theta = np.linspace(0.01, math.pi - 0.01, 361)  # away from the cos clipping at theta = 0 and pi
+    embeddings = np.stack([np.cos(theta), np.sin(theta)], axis=1).astype(np.float32)
+    cos = np.cos(theta)
+    targets = {}
+    for easy_margin in (True, False):
+        head = get_head("arcface", 1, scale=1.0, margin=margin, easy_margin=easy_margin)
+        head.build((None, 2))
+        head.kernel.assign([[1.0], [0.0]])
+        targets[easy_margin] = head(embeddings, np.zeros(len(theta), np.int32))["logits"].numpy()[:, 0]
+    easy = np.where(cos > 0, np.cos(theta + margin), cos)
+    fallback = np.where(theta < math.pi - margin, np.cos(theta + margin), cos - math.sin(math.pi - margin) * margin)
+    near_switch = (np.abs(cos) < 1e-6) | (np.abs(theta - (math.pi - margin)) < 1e-6)
+    np.testing.assert_allclose(targets[True][~near_switch], easy[~near_switch], atol=2e-6)
+    np.testing.assert_allclose(targets[False][~near_switch], fallback[~near_switch], atol=2e-6)
+    obtuse = theta > math.pi / 2 + 1e-3
+    assert np.abs(targets[True][obtuse] - targets[False][obtuse]).max() > 0.2
+    assert get_head("arcface", C).easy_margin is False
+    with pytest.raises(ValueError, match="easy_margin must be true or false"):
+        get_head("arcface", C, easy_margin="yes")
+
+
 # ---------------------------------------------------------------- SphereFace / L-Softmax: psi and lambda
 
 
@@ -428,6 +456,52 @@ def test_curricularface_t_is_an_ema_of_the_mean_target_cosine_updated_only_in_tr
     head(second, labels, training=True)
     t2 = 0.99 * t1 + 0.01 * mean_target_cosine(second, kernel, labels)
     assert float(head.t.numpy()) == pytest.approx(t2, rel=1e-5)
+
+
+def test_curricularface_t_stays_fixed_while_the_head_is_frozen():
+    """Paper 002, Sec. 4.2: "Firstly, we train the FR backbone only using the FR loss function. Then, we train the
+    proposed IIA and IRA networks with the FR backbone frozen." A frozen head keeps its curriculum t, as a frozen
+    batch norm keeps its statistics. t's update, t <- (1 - momentum) t + momentum mean(cos theta_y): momentum 0.01
+    on the batch mean (the CurricularFace authors' code) by default; their paper's "alpha ... set to 0.99" is
+    momentum 0.99.
+
+    A FaceTrainer step with freeze [backbone, head] (3D-BERL's auxiliary stage) leaves t at 0.3 and W unchanged;
+    the same step unfrozen moves t to 0.99 * 0.3 + 0.01 r, r the numpy mean of cos theta_y of the step's
+    embeddings (training-mode backbone) and W. With momentum 0.99 one call gives 0.01 * 0.3 + 0.99 r."""
+    from tfface import backbones
+    from tfface.training import FaceTrainer
+
+    keras.utils.set_random_seed(3)
+    backbone = backbones.get_backbone("tiny", input_shape=(16, 16, 3), embedding_size=D, width=4)
+    trainer = FaceTrainer(backbone, get_head("curricularface", C))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    trainer.build_all((16, 16, 3))
+    trainer.head.t.assign(0.3)
+    images = np.random.default_rng(2).normal(size=(N, 16, 16, 3)).astype(np.float32)
+    labels = np.arange(N, dtype=np.int32) % C
+    batch = {"image": images, "label": labels}
+
+    trainer.set_stage(frozen=("backbone", "head"))
+    kernel = trainer.head.kernel.numpy().copy()
+    trainer.train_on_batch(batch)
+    assert float(trainer.head.t.numpy()) == np.float32(0.3)
+    np.testing.assert_array_equal(trainer.head.kernel.numpy(), kernel)
+
+    trainer.set_stage()
+    embeddings = trainer.backbone(images, training=True)["embedding"].numpy()
+    trainer.train_on_batch(batch)
+    r = mean_target_cosine(embeddings, kernel, labels)
+    assert float(trainer.head.t.numpy()) == pytest.approx(0.99 * 0.3 + 0.01 * r, rel=1e-5)
+
+    head, embeddings, kernel, labels = build_curricularface()
+    paper_text = get_head("curricularface", C, momentum=head.PAPER_TEXT_ALPHA)
+    paper_text.build((None, D))
+    paper_text.kernel.assign(kernel)
+    paper_text.t.assign(0.3)
+    paper_text(embeddings, labels, training=True)
+    r = mean_target_cosine(embeddings, kernel, labels)
+    assert float(paper_text.t.numpy()) == pytest.approx(0.01 * 0.3 + 0.99 * r, abs=1e-7)
+    assert abs(0.99 * r) > 1e-5  # the batch mean moved t, not only the decay
 
 
 def test_curricularface_t_uses_the_global_batch_mean_under_mirrored_strategy():

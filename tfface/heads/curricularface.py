@@ -23,8 +23,14 @@ class CurricularFaceHead(AngularMarginHead):
     s cos theta_j (t + cos theta_j), any other s cos theta_j.
 
     t (non-trainable float32, starts at 0) follows t <- (1 - momentum) t + momentum mean(cos theta_y) on training
-    calls with labels, the mean over the global batch, before the negatives are re-weighted (as the authors' code).
+    calls with labels, the mean over the global batch, before the negatives are re-weighted. `momentum` is the
+    weight of the new batch mean: the default 0.01 is the CurricularFace authors' code
+    (`t = target_logit.mean() * 0.01 + (1 - 0.01) * t`); their paper's text, t = alpha r + (1 - alpha) t with
+    "alpha ... set to 0.99", is `momentum: 0.99` (PAPER_TEXT_ALPHA). A frozen head (`trainable` False, as
+    FaceTrainer's `freeze: [head]`, e.g. 3D-BERL's auxiliary stage) keeps t fixed, like a frozen batch norm.
     """
+
+    PAPER_TEXT_ALPHA = 0.99
 
     def __init__(self, num_classes, scale=64.0, margin=0.5, momentum=0.01, **kwargs):
         super().__init__(num_classes, **kwargs)
@@ -54,7 +60,7 @@ class CurricularFaceHead(AngularMarginHead):
         return arcface_target_cosine(cosine_target, self.margin)
 
     def adjust_negatives(self, cosine, cosine_target, training):
-        if training:
+        if training and self.trainable:
             batch_mean = global_batch_mean(ops.stop_gradient(ops.clip(cosine_target, -1.0, 1.0)))
             self.t.assign((1.0 - self.momentum) * self.t + self.momentum * batch_mean)
         is_hard = cosine > ops.cos(safe_angle(cosine_target) + self.margin)
