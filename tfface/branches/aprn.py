@@ -127,7 +127,6 @@ class AdversarialPoseRegression(Branch):
             design = table_design(table)
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
-        self.table = table
         self.channels = (
             tuple(channels) if channels is not None else default_channels(stage, width_multiplier, table=table)
         )

@@ -103,20 +103,6 @@ class PoseDiscriminator(keras.Model):
         self.fc.build((shape[0], shape[1] * shape[2] * shape[3]))
         self.built = True
 
-    def layer_list(self) -> list:
-        """D's layers in order, as (kind, detail): ("conv", (filters, kernel, stride)), ("bn", None), ("relu", None),
-        ("maxpool", (size, stride)), ("fc", units); the Flatten before the FC is not listed."""
-        kinds = {keras.layers.BatchNormalization: "bn", keras.layers.ReLU: "relu"}
-        listed = []
-        for layer in self.blocks:
-            if isinstance(layer, keras.layers.Conv2D):
-                listed.append(("conv", (layer.filters, layer.kernel_size[0], layer.strides[0])))
-            else:
-                listed.append((kinds[type(layer)], None))
-        if self.pool is not None:
-            listed.append(("maxpool", (self.pool.pool_size[0], self.pool.strides[0])))
-        return listed + [("fc", self.fc.units)]
-
     def call(self, features, training=False):
         x = features
         for layer in self.blocks:
