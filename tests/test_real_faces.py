@@ -87,3 +87,26 @@ def test_table_rows_against_the_baseline():
     assert rows["aprn"]["time_vs_baseline"] == pytest.approx(2.0)
     text = markdown(rows, benchmarks)
     assert "| aprn | 84.00 +- 2.00 | -1.00 | 2 | 2.00x |" in text
+
+
+def test_table_only_reads_the_finished_runs(tmp_path):
+    """A stopped grid: baseline has both seeds, aprn one, exclusive none (left out); nothing is trained."""
+    import json
+
+    from experiments.real_faces.run_table import finished_grid
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base: experiments/real_faces/configs/cfp_finetune.yaml\nout: {tmp_path / 'runs'}\n"
+                    "seeds: [0, 1]\nbenchmarks: {fp: fp.csv}\n"
+                    "cells: [{name: baseline, set: []}, {name: aprn, set: []}, {name: exclusive, set: []}]\n")
+    for cell, seed, accuracy in (("baseline", 0, 0.86), ("baseline", 1, 0.88), ("aprn", 0, 0.85)):
+        folder = tmp_path / "runs" / cell / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({
+            "seed": seed, "finite": True, "steps_per_second": 1.0,
+            "benchmarks": {"fp": {"accuracy_mean": accuracy, "auc": 0.9}}}))
+    summary = finished_grid(grid)
+    assert list(summary) == ["baseline", "aprn"]
+    assert summary["baseline"]["benchmarks"]["fp"]["accuracy"] == {"mean": pytest.approx(0.87),
+                                                                   "std": pytest.approx(0.01), "n": 2}
+    assert summary["aprn"]["benchmarks"]["fp"]["accuracy"]["n"] == 1

@@ -11,7 +11,8 @@
 4. The grid (experiments.ablation.ablate, seed-major: every cell's first seed before any second seed): each cell
    trains from the imported run with the same budget, is exported to <grid out>/<cell>/seed<k>/export/1 and evaluated.
 5. REPORT.md / REPORT.json: FP and FF 10-fold accuracy on fold 7 (mean +- std over seeds), each row's difference from
-   the baseline, and its fine-tuning time relative to the baseline's.
+   the baseline, and its fine-tuning time relative to the baseline's. `--table-only` writes them from the runs
+   finished so far (rows say how many seeds they hold) without training anything.
 Each step resumes: finished parts are read back, not redone.
 """
 import argparse
@@ -100,6 +101,20 @@ def run_grid_seed_major(grid_path: Path) -> Dict:
     return run_grid(grid_path)
 
 
+def finished_grid(grid_path: Path) -> Dict:
+    """The grid's table (experiments.ablation.ablate's summary) over the runs finished so far, training nothing;
+    cells with no finished run are left out."""
+    from experiments.ablation.ablate import RESULT_FILE, cell_dir, read_grid, summarize
+
+    grid = read_grid(grid_path)
+    results = {cell.name: [json.loads(path.read_text()) for seed in grid.seeds
+                           if (path := cell_dir(grid.out, cell, seed) / RESULT_FILE).is_file()]
+               for cell in grid.cells}
+    if not results.get("baseline"):
+        raise ConfigError(f"{grid_path}: no finished baseline run in {grid.out}")
+    return summarize(grid._replace(cells=[cell for cell in grid.cells if results[cell.name]]), results)
+
+
 def _entry(runs: List[Dict], benchmark: str) -> Dict:
     values = [100 * run[benchmark]["accuracy_mean"] for run in runs]
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
@@ -147,6 +162,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--grid", default="experiments/real_faces/grid_cfp.yaml",
                         help="the experiments.ablation.ablate grid")
     parser.add_argument("--report", default="experiments/real_faces/results", help="writes REPORT.md and .json")
+    parser.add_argument("--table-only", action="store_true",
+                        help="write the table from the runs finished so far, training nothing (a stopped run)")
     return parser.parse_args(argv)
 
 
@@ -162,7 +179,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         prepare_cfp.prepare(Path(args.cfp), DATA)
         import_network(onnx_path)
         as_is = as_is_rows(onnx_path, benchmarks)
-        rows = table(as_is, run_grid_seed_major(Path(args.grid)), benchmarks)
+        grid_table = finished_grid(Path(args.grid)) if args.table_only else run_grid_seed_major(Path(args.grid))
+        rows = table(as_is, grid_table, benchmarks)
     except (ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
