@@ -26,6 +26,7 @@ from tfface.data.image_io import write_atomic
 from tfface.data.synth import SynthFaceRenderer, SynthOptions
 from tfface.embedders import (
     DEFAULT_SIGNATURE,
+    FILE_FORMATS as SUFFIX_FORMATS,
     FLIP_SIGNATURE,
     INPUT_KEY,
     OUTPUT_KEY,
@@ -38,7 +39,7 @@ from tfface.errors import ConfigError
 from tfface.evaluation import PairList, evaluate_pairs, load_images
 from tfface.export import build_backbone, export_backbone, export_metadata, read_run
 
-FILE_FORMATS = {"tflite": ".tflite", "onnx": ".onnx"}
+FILE_FORMATS = {file_format: suffix for suffix, file_format in SUFFIX_FORMATS.items()}  # {"tflite": ".tflite", ...}
 QUANTIZE_MODES = ("dynamic", "float16")
 FLOAT32_PARITY = 1e-4
 ONNX_OPSET = 17
@@ -142,7 +143,7 @@ def export_file(work_dir, out_file, file_format: str, quantize: Optional[str] = 
                         FLIP_SIGNATURE: metadata["signatures"][FLIP_SIGNATURE]} if file_format == "tflite" else
                        {"input": f"{INPUT_KEY}: uint8 [N, H, W, 3]", "output": f"{OUTPUT_KEY}: L2-normalised [N, D]",
                         "flip": "not in the graph: embed the mirrored image too and sum"}),
-        "converter": {"tensorflow": tf.__version__, **({"tf2onnx": onnx_converter_version(), "opset": ONNX_OPSET}
+        "converter": {"tensorflow": tf.__version__, **({"tf2onnx": tf2onnx_version(), "opset": ONNX_OPSET}
                                                       if file_format == "onnx" else {})},
         "parity": checked,
         "size_bytes": len(data),
@@ -153,7 +154,8 @@ def export_file(work_dir, out_file, file_format: str, quantize: Optional[str] = 
     return metadata
 
 
-def onnx_converter_version() -> str:
+def tf2onnx_version() -> str:
+    """tf2onnx's version (imported on use, like the converter: only ONNX exports need it)."""
     import tf2onnx
 
     return tf2onnx.__version__

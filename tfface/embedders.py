@@ -159,6 +159,7 @@ class SavedModelEmbedder(Embedder):
 
 
 def read_file_metadata(model_file: Path) -> Optional[Dict]:
+    """The JSON metadata beside a .tflite or .onnx file, or None when it has none."""
     path = metadata_path(model_file)
     return json.loads(path.read_text()) if path.is_file() else None
 
