@@ -1,4 +1,6 @@
 """The error type for bad user input (config keys, names, paths); the CLIs print it as one line."""
+import os
+import tempfile
 from pathlib import Path
 
 
@@ -16,3 +18,16 @@ def check_output_folder(folder, flag: str, given=None) -> None:
             if not candidate.is_dir():
                 raise ConfigError(f"{flag} {folder if given is None else given}: {candidate} is not a folder")
             return
+
+
+def check_writable_folder(folder, flag: str) -> None:
+    """Creates `folder` and writes and removes a probe file there: a read-only or full folder is a ConfigError naming
+    `flag`, the path and the errno, before any work."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise ConfigError(f"{flag} {folder}: cannot write there: [Errno {error.errno}] {error.strerror}") from None

@@ -43,6 +43,7 @@ from tfface.embedders import (
     resolve_saved_model,
 )
 from tfface.errors import ConfigError
+from tfface.training.callbacks import non_finite_weights
 RUN_JSON_KEYS = ("backbone", "input_shape", "embedding_size", "config_hash")
 
 
@@ -87,6 +88,12 @@ def build_backbone(run: Dict, weights_path) -> keras.Model:
         backbone.load_weights(str(weights_path))
     except ValueError as error:
         raise ConfigError(f"{weights_path}: does not fit backbone '{run['backbone']}' {options}: {error}") from None
+    broken = non_finite_weights(backbone)
+    if broken:
+        raise ConfigError(
+            f"{weights_path}: {len(broken)} weight(s) hold NaN or infinity ({', '.join(broken[:3])}): the run "
+            "diverged; export an earlier checkpoint's run or train again with a lower learning rate"
+        )
     size = int(backbone.output["embedding"].shape[-1])
     if size != run["embedding_size"]:
         raise ConfigError(f"run.json says embedding_size {run['embedding_size']} but the backbone gives {size}")

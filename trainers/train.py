@@ -20,12 +20,12 @@ import tensorflow as tf  # noqa: E402
 
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
-from tfface.errors import ConfigError, check_output_folder  # noqa: E402
+from tfface.errors import ConfigError, check_output_folder, check_writable_folder  # noqa: E402
 from tfface.training.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
 from tfface.training.callbacks import (  # noqa: E402
-    AtomicBackupAndRestore,
-    AtomicCSVLogger,
-    EpochCheckpoint,
+    EpochCommit,
+    StopOnNonFinite,
+    TrainingDiverged,
     load_layer_weights,
     save_layer_weights_atomically,
     save_weights_atomically,
@@ -83,6 +83,7 @@ def prepare(config: Dict) -> Prepared:
     if not os.path.isdir(data["train"]):
         raise ConfigError(f"data.train: folder not found: {data['train']}")
     check_output_folder(config["work_dir"], "work_dir")
+    check_writable_folder(config["work_dir"], "work_dir")
     description = read_description(data["train"], prefix=data["prefix"])
     steps_per_epoch = steps_per_epoch_for(config, description["num_examples"])
     input_shape = input_shape_for(config, description)
@@ -105,10 +106,11 @@ def prepare(config: Dict) -> Prepared:
 
 
 def callbacks_for(config: Dict) -> List[keras.callbacks.Callback]:
-    """Verification first (its numbers join the logs the others write), then backup, CSV, TensorBoard, checkpoints."""
+    """The non-finite stop first (nothing is saved after a NaN), verification (its numbers join the logs the others
+    write), the epoch's commit (backup, checkpoint, history.csv), TensorBoard."""
     work_dir = config["work_dir"]
     evaluation = config["evaluation"]
-    callbacks = []
+    callbacks = [StopOnNonFinite()]
     if evaluation["pairs_dir"]:
         callbacks.append(
             VerificationCallback(
@@ -117,12 +119,9 @@ def callbacks_for(config: Dict) -> List[keras.callbacks.Callback]:
             )
         )
     callbacks += [
-        AtomicBackupAndRestore(os.path.join(work_dir, "backup")),
-        AtomicCSVLogger(os.path.join(work_dir, "history.csv"), append=True),
+        EpochCommit(work_dir, checkpoints=config["train"]["checkpoint_every_epoch"]),
         keras.callbacks.TensorBoard(log_dir=os.path.join(work_dir, "logs"), write_graph=False),
     ]
-    if config["train"]["checkpoint_every_epoch"]:
-        callbacks.append(EpochCheckpoint(os.path.join(work_dir, "checkpoints")))
     return callbacks
 
 
@@ -206,7 +205,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    train(config, prepared)
+    try:
+        train(config, prepared)
+    except TrainingDiverged as error:
+        print(f"error: training stopped: {error}; the backup and checkpoints of the last finite epoch are kept, "
+              "nothing was exported", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: cannot write {error.filename}: [Errno {error.errno}] {error.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,26 +1,61 @@
-"""Callbacks of a training run: atomic per-epoch checkpoints and backups that survive SIGKILL."""
+"""Callbacks of a training run: the end of an epoch as one atomic step that survives SIGKILL, and a stop at the
+first non-finite loss or weight."""
+import csv
 import io
 import json
+import math
 import os
+from pathlib import Path
+from typing import Dict, List, Optional
 
 import keras
 import numpy as np
+from keras.src.saving import saving_lib  # the in-memory HDF5 store behind Model.save_weights
 
 from tfface.data.image_io import write_atomic
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or a weight became NaN or infinite; the message names the epoch (and step), 1-based."""
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def save_weights_atomically(layer_or_model, path: str) -> None:
-    """Writes `path` (must end in .weights.h5) through a temporary file and a rename, so a kill never truncates it."""
-    temporary = path[: -len(".weights.h5")] + ".partial.weights.h5"
-    layer_or_model.save_weights(temporary, overwrite=True)
-    os.replace(temporary, path)
+    """Writes the `.weights.h5` file `layer_or_model.save_weights(path)` would write, but built in memory and then
+    written to a temporary file and renamed: a kill never truncates `path`, and a read-only or full disk is an
+    OSError naming `path` with no partial file left (HDF5 writing straight to such a disk crashes the process)."""
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    saving_lib._save_state(layer_or_model, weights_store=store, assets_store=None, inner_path="",
+                           visited_saveables=set())
+    store.close()
+    write_bytes_atomically(path, buffer.getvalue())
+
+
+def write_error(path: str, error: OSError) -> OSError:
+    """The OSError of a failed write, naming the target `path` (not the temporary file) with the errno."""
+    return OSError(error.errno, error.strerror or str(error), str(path))
 
 
 def save_layer_weights_atomically(layer: keras.layers.Layer, path: str) -> None:
     """Writes a layer's weights (get_weights order) to an .npz through a temporary file and a rename."""
-    temporary = f"{path}.partial.npz"
-    np.savez(temporary, *layer.get_weights())
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, *layer.get_weights())
+    write_bytes_atomically(path, buffer.getvalue())
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    """`data` written to `path` through a temporary file and a rename; a failure is an OSError naming `path`."""
+    try:
+        write_atomic(path, data)
+    except OSError as error:
+        raise write_error(path, error) from None
 
 
 def load_layer_weights(layer: keras.layers.Layer, path: str) -> None:
@@ -34,58 +69,176 @@ def load_layer_weights(layer: keras.layers.Layer, path: str) -> None:
 
 
 def write_json_atomically(data, path: str) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(temporary, path)
+    write_bytes_atomically(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore (restores weights, optimizer state and the epoch when a killed run starts again),
-    with each backup written to a temporary file and renamed, so a kill during the write keeps the previous backup.
-    The backup is kept when training ends: starting a finished run again trains no more epochs."""
-
-    def __init__(self, backup_dir: str, save_freq="epoch"):
-        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
-
-    def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        save_weights_atomically(self.model, self._weights_path)
-        write_json_atomically(
-            {"epoch": self._current_epoch, "batch": self._last_batch_seen}, self._training_metadata_path
-        )
+def non_finite_weights(model: keras.Model) -> List[str]:
+    """Paths of the model's weights that hold a NaN or an infinity."""
+    return [weight.path for weight in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight)))]
 
 
-class AtomicCSVLogger(keras.callbacks.CSVLogger):
-    """Keras' CSVLogger (one row per epoch; a resumed run appends to the rows already there) with the whole file
-    rewritten to a temporary file and renamed after every epoch, so a kill never leaves a half-written row for the
-    resumed run to append to."""
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Raises TrainingDiverged at the first step whose loss is NaN or infinite, and at the end of an epoch whose
+    weights are not all finite, before any later callback saves them. Put it first in the callback list: the backup,
+    the checkpoints and the history then keep the last finite epoch."""
 
-    def on_train_begin(self, logs=None):
-        previous = ""
-        if self.append and os.path.exists(self.filename):
-            with open(self.filename, newline="") as handle:  # keep the csv module's \r\n line ends
-                previous = handle.read()
-        self.append_header = not previous.split("\n", 1)[0]
-        if self.csv_file and not self.csv_file.closed:
-            self.csv_file.close()
-        self.csv_file = io.StringIO()
-        self.csv_file.write(previous)
-        self.writer = None
-        self.keys = None
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss} at epoch {self._epoch + 1}, step {batch + 1}")
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        write_atomic(self.filename, self.csv_file.getvalue().encode("utf-8"))
+        broken = non_finite_weights(self.model)
+        if broken:
+            shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+            raise TrainingDiverged(f"weights became non-finite at the end of epoch {epoch + 1}: {shown}")
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves the whole trainer every epoch as DIR/epoch-NNN.weights.h5 (1-based), atomically."""
+class HistoryFile:
+    """history.csv: one row per epoch (0-based `epoch`, then the logged values in sorted column order). A value an
+    epoch did not measure stays empty: the columns are the union of every row's keys. Rewritten whole each time,
+    to a temporary file and renamed."""
 
-    def __init__(self, directory: str):
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: List[Dict[str, str]] = []
+        if os.path.isfile(path):
+            with open(path, newline="") as handle:
+                self.rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+    def keep_before(self, epoch: int) -> None:
+        """Drops the rows of epochs >= `epoch` (0-based)."""
+        self.rows = [row for row in self.rows if int(row["epoch"]) < epoch]
+
+    def add(self, epoch: int, logs: Dict) -> None:
+        self.keep_before(epoch)
+        self.rows.append({"epoch": str(epoch), **{key: str(_plain(value)) for key, value in logs.items()}})
+
+    def text(self) -> str:
+        columns = ["epoch"] + sorted({key for row in self.rows for key in row} - {"epoch"})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+    def write(self) -> None:
+        write_bytes_atomically(self.path, self.text().encode("utf-8"))
+
+
+def _plain(value):
+    """A logged value as a Python number (tensors and numpy scalars included)."""
+    array = np.asarray(keras.ops.convert_to_numpy(value))
+    return array.item() if array.ndim == 0 else array.tolist()
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """The end of an epoch as one atomic step, and the resume of a killed run.
+
+    Files in the work dir: backup/epoch-NNN.weights.h5 (the whole trainer, optimizer state included),
+    backup/training_metadata.json ({"epoch": N, "weights": that file}), checkpoints/epoch-NNN.weights.h5 (a hard
+    link to the backup's file, when `checkpoints`) and history.csv (HistoryFile). N counts epochs from 1.
+
+    At the end of epoch N, in order (STEPS): the backup weights, the checkpoint and history.csv with row N are each
+    written to a temporary name and renamed; then the metadata is renamed into place: this rename is the commit;
+    then the previous backup's weights are removed. A run started again reads the committed epoch E and makes the
+    rest agree before training: history rows and checkpoints after E and backup files E does not name are removed,
+    E's weights and optimizer state loaded, and training goes on at epoch E + 1. So a kill at any point loses at most
+    the epoch in progress, and never trains an epoch twice. The backup is kept at the end: starting a finished run
+    again trains no more epochs.
+    """
+
+    STEPS = ("save_backup", "link_checkpoint", "write_history", "commit", "remove_previous")
+
+    def __init__(self, work_dir: str, checkpoints: bool = True):
         super().__init__()
-        self.directory = directory
+        self.backup_dir = os.path.join(work_dir, "backup")
+        self.checkpoint_dir = os.path.join(work_dir, "checkpoints") if checkpoints else None
+        self.metadata_path = os.path.join(self.backup_dir, "training_metadata.json")
+        self.history = HistoryFile(os.path.join(work_dir, "history.csv"))
 
+    @staticmethod
+    def weights_name(epoch: int) -> str:
+        return f"epoch-{epoch:03d}.weights.h5"
+
+    def committed_epoch(self) -> int:
+        """The last committed epoch (1-based), 0 when none is."""
+        if not os.path.isfile(self.metadata_path):
+            return 0
+        with open(self.metadata_path) as handle:
+            return int(json.load(handle)["epoch"])
+
+    # --------------------------------------------------------------------------------------------- resume
+    def on_train_begin(self, logs=None):
+        epoch = self.committed_epoch()
+        self._reconcile(epoch)
+        if epoch:
+            self.model.load_weights(os.path.join(self.backup_dir, self.weights_name(epoch)))
+            self.model._initial_epoch = epoch
+
+    def _reconcile(self, epoch: int) -> None:
+        """Removes what a kill left beyond the committed `epoch`: uncommitted backups, later checkpoints, history
+        rows and partial files."""
+        keep = self.weights_name(epoch) if epoch else None
+        for folder in (self.backup_dir, self.checkpoint_dir):
+            if folder is None or not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                if "partial" in name:
+                    os.remove(os.path.join(folder, name))
+                elif name.endswith(".weights.h5") and folder == self.backup_dir and name != keep:
+                    os.remove(os.path.join(folder, name))
+                elif name.endswith(".weights.h5") and folder == self.checkpoint_dir and _epoch_of(name) > epoch:
+                    os.remove(os.path.join(folder, name))
+        if any(int(row["epoch"]) >= epoch for row in self.history.rows):
+            self.history.keep_before(epoch)
+            self.history.write()
+
+    # --------------------------------------------------------------------------------------------- commit
     def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.directory, exist_ok=True)
-        save_weights_atomically(self.model, os.path.join(self.directory, f"epoch-{epoch + 1:03d}.weights.h5"))
+        number = epoch + 1
+        self.save_backup(number)
+        self.link_checkpoint(number)
+        self.write_history(number, logs or {})
+        self.commit(number)
+        self.remove_previous(number)
+
+    def save_backup(self, epoch: int) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        save_weights_atomically(self.model, os.path.join(self.backup_dir, self.weights_name(epoch)))
+
+    def link_checkpoint(self, epoch: int) -> None:
+        if self.checkpoint_dir is None:
+            return
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        target = os.path.join(self.checkpoint_dir, self.weights_name(epoch))
+        temporary = target[: -len(".weights.h5")] + ".partial.weights.h5"
+        source = os.path.join(self.backup_dir, self.weights_name(epoch))
+        try:
+            _remove_quietly(temporary)
+            os.link(source, temporary)  # the backup's file is never written again: sharing it is safe
+            os.replace(temporary, target)
+        except OSError as error:
+            _remove_quietly(temporary)
+            raise write_error(target, error) from None
+
+    def write_history(self, epoch: int, logs: Dict) -> None:
+        self.history.add(epoch - 1, logs)
+        self.history.write()
+
+    def commit(self, epoch: int) -> None:
+        write_json_atomically({"epoch": epoch, "weights": self.weights_name(epoch)}, self.metadata_path)
+
+    def remove_previous(self, epoch: int) -> None:
+        if epoch > 1:
+            _remove_quietly(os.path.join(self.backup_dir, self.weights_name(epoch - 1)))
+
+
+def _epoch_of(name: str) -> int:
+    """epoch-NNN.weights.h5 -> NNN; 0 for other names."""
+    stem = Path(name).name.split(".", 1)[0]
+    digits = stem[len("epoch-"):] if stem.startswith("epoch-") else ""
+    return int(digits) if digits.isdigit() else 0

@@ -37,8 +37,7 @@ def verify_backbone(
 
 class VerificationCallback(keras.callbacks.Callback):
     """Every `every_epochs` epochs, adds `<name>_accuracy`, `<name>_accuracy_std` and `<name>_auc` to the logs
-    (so CSVLogger, TensorBoard and the progress line show them); NaN on the epochs in between, so that CSVLogger,
-    which fixes its columns at the first epoch, keeps them."""
+    (so history.csv, TensorBoard and the progress line show them); the epochs in between log nothing of it."""
 
     def __init__(self, pairs_dir: str, name: str = "verification", every_epochs: int = 1,
                  image_size: Optional[Tuple[int, int]] = None, batch_size: int = 64):
@@ -56,8 +55,6 @@ class VerificationCallback(keras.callbacks.Callback):
         if logs is None:
             return
         if (epoch + 1) % self.every_epochs:
-            for key in ("accuracy", "accuracy_std", "auc"):
-                logs[f"{self.name}_{key}"] = float("nan")
             return
         result = verify_backbone(
             self.model.backbone, self.pairs_dir, self.image_size, self.batch_size, images=self._images
