@@ -122,7 +122,7 @@ def test_combined_run_trains_on_another_head_switched_from_the_command_line(synt
     """SphereFace (multiplicative angular margin, ArcFace's options cleared): one step, every loss finite."""
     head = ["head.name=sphereface", "head.options={}", "head.options.margin=4"]
     config = shrunk(synth_data, tmp_path / "run", teacher, head)
-    assert config["head"] == {"name": "sphereface", "options": {"margin": 4}}
+    assert config["head"].to_dict() == {"name": "sphereface", "options": {"margin": 4}}
     history = train(config).history
     assert {"aprn_loss", "frontal_decoder_loss", "bypass3d_loss", "exclusive_loss", "center_invariant_loss"} <= set(
         history)

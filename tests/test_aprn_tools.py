@@ -17,7 +17,7 @@ from tfface.data.writer import ShardedTFRecordWriter
 from tfface.evaluation import pose_probes
 from tfface.export import export_run
 from tfface.training.builder import build_trainer
-from tfface.training.config import load_config
+from tfface.training.config import BackboneConfig, load_config
 from experiments.aprn import compare as aprn_compare
 from experiments.aprn import mean_landmarks as mean_landmarks_tool
 from experiments.aprn import probe_landmarks, probe_pose
@@ -317,7 +317,7 @@ def test_aprn_configs_build_and_step(name, pose_data, runs, tmp_path):
     branch = config["branches"][0]
     assert branch["name"] == "aprn" and branch["weight"] == 0.2
     branch["options"].update(mean_landmarks=str(aprn / "mean_landmarks.json"), channels=[8])
-    config["backbone"] = {"name": "tiny", "options": {"embedding_size": 8}}
+    config.backbone = BackboneConfig(name="tiny", options={"embedding_size": 8})
     trainer = build_trainer(config, num_classes=IDENTITIES, steps_per_epoch=1, input_shape=(CROP, CROP, 3))
     rng = np.random.default_rng(0)
     batch = {

@@ -1,5 +1,6 @@
 """Config loading, overrides, schedules and the shipped configs."""
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from tfface import backbones, heads
 from tfface.errors import ConfigError
 from tfface.training.builder import build_optimizer, build_schedule
-from tfface.training.config import DEFAULTS, load_config, parse_override
+from tfface.training.config import DEFAULTS, OptimizerConfig, ScheduleConfig, load_config, parse_override
 from tfface.training.plugins import LossWeight
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,18 +35,18 @@ def test_file_then_overrides_then_defaults(tmp_path):
     path = write(tmp_path / "mine.yaml", "head: {name: cosface, options: {margin: 0.4}}\ntrain: {epochs: 2}\n")
     config = load_config(path, ["train.batch_size=16", "head.options.scale=30"])
     assert config["name"] == "mine" and config["work_dir"] == "runs/mine"
-    assert config["head"] == {"name": "cosface", "options": {"margin": 0.4, "scale": 30}}
+    assert config["head"].to_dict() == {"name": "cosface", "options": {"margin": 0.4, "scale": 30}}
     assert config["train"]["epochs"] == 2 and config["train"]["batch_size"] == 16
-    assert config["optimizer"] == DEFAULTS["optimizer"]
+    assert config["optimizer"].to_dict() == DEFAULTS["optimizer"]
 
 
 def test_an_empty_map_clears_open_options_only(tmp_path):
     """`--set head.options={}` empties the head's options (to switch to a head that takes others); a key set inside
     a map merges; `{}` for a closed section changes nothing."""
     path = write(tmp_path / "mine.yaml", "head: {name: arcface, options: {scale: 64.0, margin: 0.5}}\n")
-    assert load_config(path, ["head.name=softmax", "head.options={}"])["head"] == {"name": "softmax", "options": {}}
+    assert load_config(path, ["head.name=softmax", "head.options={}"])["head"].to_dict() == {"name": "softmax", "options": {}}
     switched = load_config(path, ["head.name=sphereface", "head.options={}", "head.options.margin=4"])
-    assert switched["head"] == {"name": "sphereface", "options": {"margin": 4}}
+    assert switched["head"].to_dict() == {"name": "sphereface", "options": {"margin": 4}}
     assert load_config(path, ["head.options={margin: 0.3}"])["head"]["options"] == {"scale": 64.0, "margin": 0.3}
     assert load_config(path, ["train={}"])["train"] == load_config(path)["train"]
 
@@ -76,21 +77,21 @@ def test_base_files_are_merged_underneath(tmp_path):
     write(tmp_path / "base.yaml", "head: {name: arcface, options: {scale: 64.0, margin: 0.5}}\ntrain: {epochs: 20}\n")
     path = write(tmp_path / "child.yaml", "base: base.yaml\nhead: {options: {margin: 0.3}}\n")
     config = load_config(path)
-    assert config["head"] == {"name": "arcface", "options": {"scale": 64.0, "margin": 0.3}}
+    assert config["head"].to_dict() == {"name": "arcface", "options": {"scale": 64.0, "margin": 0.3}}
     assert config["train"]["epochs"] == 20
 
 
 def test_schedules_match_hand_computed_rates():
-    spec = dict(DEFAULTS["schedule"], learning_rate=0.1, warmup_epochs=1, boundaries=[2, 3], decay=0.1)
+    spec = ScheduleConfig(learning_rate=0.1, warmup_epochs=1, boundaries=[2, 3], decay=0.1)
     piecewise = build_schedule(spec, steps_per_epoch=10, epochs=4)
     rates = [float(piecewise(step)) for step in (0, 4, 9, 10, 19, 20, 29, 30, 39)]
     np.testing.assert_allclose(rates, [0.01, 0.05, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-5)
 
-    cosine = build_schedule(dict(spec, name="cosine", warmup_epochs=0, min_learning_rate=0.0), 10, 4)
+    cosine = build_schedule(replace(spec, name="cosine", warmup_epochs=0, min_learning_rate=0.0), 10, 4)
     for step in (0, 10, 20, 40):
         np.testing.assert_allclose(float(cosine(step)), 0.05 * (1 + math.cos(math.pi * step / 40)), rtol=1e-5)
     with pytest.raises(ConfigError, match="unknown schedule 'linear'"):
-        build_schedule(dict(spec, name="linear"), 10, 4)
+        build_schedule(replace(spec, name="linear"), 10, 4)
 
 
 def test_loss_weight_warms_up_linearly():
@@ -99,12 +100,12 @@ def test_loss_weight_warms_up_linearly():
 
 
 def test_optimizers_from_config():
-    sgd = build_optimizer(DEFAULTS["optimizer"], 0.1)
+    sgd = build_optimizer(OptimizerConfig(), 0.1)
     assert type(sgd).__name__ == "SGD" and sgd.momentum == 0.9 and sgd.weight_decay == 5e-4
-    adamw = build_optimizer({"name": "adamw", "weight_decay": 0.01}, 1e-3)
+    adamw = build_optimizer(OptimizerConfig(name="adamw", weight_decay=0.01), 1e-3)
     assert type(adamw).__name__ == "AdamW" and adamw.weight_decay == 0.01
     with pytest.raises(ConfigError, match="optimizer.name: unknown optimizer 'lamb'"):
-        build_optimizer({"name": "lamb"}, 0.1)
+        build_optimizer(OptimizerConfig(name="lamb"), 0.1)
 
 
 @pytest.mark.parametrize("path", sorted(p for p in SHIPPED if not p.name.startswith("_")), ids=str)

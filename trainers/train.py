@@ -11,14 +11,16 @@ import argparse
 import os
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfface.data import verify  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
+from tfface.data.verify import Scan  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder, check_writable_folder  # noqa: E402
 from tfface.training.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
@@ -33,7 +35,8 @@ from tfface.training.callbacks import (  # noqa: E402
 )
 from tfface.training.strategy import select_strategy  # noqa: E402
 from tfface.training.verification_callback import VerificationCallback  # noqa: E402
-from tfface.training.config import config_hash, load_config, save_config  # noqa: E402
+from tfface.training import stages  # noqa: E402
+from tfface.training.config import RunConfig, config_hash, load_config, save_config  # noqa: E402
 
 
 class Prepared(NamedTuple):
@@ -75,86 +78,79 @@ def _init_from(trainer, run_dir: str) -> None:
             print(f"init_from: head not loaded ({error}); starting the head from scratch")
 
 
-def prepare(config: Dict) -> Prepared:
+def check_records(config: RunConfig) -> Optional[Scan]:
+    """Reads every record before training (tfface.data.verify). Bad records stop the run with one line naming the
+    first (data.on_bad_record: error), or are left out (skip: returns the scan for the pipeline)."""
+    data = config.data
+    scan = verify.scan(data.train, data.prefix)
+    if not scan.bad:
+        return None
+    if data.on_bad_record == "error":
+        raise ConfigError(
+            f"data.train: {scan.bad[0].line()} ({len(scan.bad)} bad record(s) in all: python -m tools.make_tfrecords "
+            f"describe {data.train} --verify lists them; --set data.on_bad_record=skip trains without them)"
+        )
+    print(f"data.on_bad_record=skip: leaving out {len(scan.bad)} bad record(s) ({scan.lost} unreadable), first: "
+          f"{scan.bad[0].line()}")
+    return scan
+
+
+def prepare(config: RunConfig) -> Prepared:
     """Everything before `fit`: data, strategy, trainer, callbacks. Bad input raises ValueError (ConfigError) naming it."""
-    data = config["data"]
-    if not data["train"]:
+    data = config.data
+    if not data.train:
         raise ConfigError("data.train is not set (a folder written by tools.make_tfrecords or tools.synth)")
-    if not os.path.isdir(data["train"]):
-        raise ConfigError(f"data.train: folder not found: {data['train']}")
-    check_output_folder(config["work_dir"], "work_dir")
-    check_writable_folder(config["work_dir"], "work_dir")
-    description = read_description(data["train"], prefix=data["prefix"])
-    steps_per_epoch = steps_per_epoch_for(config, description["num_examples"])
+    if not os.path.isdir(data.train):
+        raise ConfigError(f"data.train: folder not found: {data.train}")
+    check_output_folder(config.work_dir, "work_dir")
+    check_writable_folder(config.work_dir, "work_dir")
+    description = read_description(data.train, prefix=data.prefix)
+    skip = check_records(config)
+    steps_per_epoch = steps_per_epoch_for(config, description["num_examples"] if skip is None else skip.good)
     input_shape = input_shape_for(config, description)
-    keras.utils.set_random_seed(config["seed"])
-    strategy = select_strategy(config["train"]["strategy"])
+    keras.utils.set_random_seed(config.seed)
+    strategy = select_strategy(config.train.strategy)
     dataset = make_dataset(
-        data["train"], prefix=data["prefix"], batch_size=config["train"]["batch_size"], training=True,
-        image_size=data["image_size"], crop_size=data["crop_size"], flip=data["flip"],
-        features=tuple(data["features"]), shuffle_buffer=data["shuffle_buffer"], cache=data["cache"],
-        seed=config["seed"],
+        data.train, prefix=data.prefix, batch_size=config.train.batch_size, training=True,
+        image_size=data.image_size, crop_size=data.crop_size, flip=data.flip, features=tuple(data.features),
+        shuffle_buffer=data.shuffle_buffer, cache=data.cache, seed=config.seed, skip=skip,
     )
     with strategy.scope():
         trainer = build_trainer(config, description["num_classes"], steps_per_epoch, input_shape)
-        if config["train"]["init_from"]:
-            _init_from(trainer, config["train"]["init_from"])
-        for stage in config["train"]["stages"]:
-            trainer.set_stage(**stage_arguments(stage))  # checks every stage's names before training starts
-        trainer.set_stage(frozen=config["train"]["freeze"])
+        if config.train.init_from:
+            _init_from(trainer, config.train.init_from)
+    stages.check_plugins(config.train.stages, [plugin.name for plugin in trainer.plugins])
     return Prepared(trainer, dataset, description, steps_per_epoch, strategy, callbacks_for(config))
 
 
-def callbacks_for(config: Dict) -> List[keras.callbacks.Callback]:
+def callbacks_for(config: RunConfig) -> List[keras.callbacks.Callback]:
     """The non-finite stop first (nothing is saved after a NaN), verification (its numbers join the logs the others
     write), the epoch's commit (backup, checkpoint, history.csv), TensorBoard."""
-    work_dir = config["work_dir"]
-    evaluation = config["evaluation"]
+    evaluation = config.evaluation
     callbacks = [StopOnNonFinite()]
-    if evaluation["pairs_dir"]:
+    if evaluation.pairs_dir:
         callbacks.append(
             VerificationCallback(
-                evaluation["pairs_dir"], every_epochs=evaluation["every_epochs"],
-                image_size=evaluation["image_size"], batch_size=evaluation["batch_size"],
+                evaluation.pairs_dir, every_epochs=evaluation.every_epochs,
+                image_size=evaluation.image_size, batch_size=evaluation.batch_size,
             )
         )
     callbacks += [
-        EpochCommit(work_dir, checkpoints=config["train"]["checkpoint_every_epoch"]),
-        keras.callbacks.TensorBoard(log_dir=os.path.join(work_dir, "logs"), write_graph=False),
+        EpochCommit(config.work_dir, checkpoints=config.train.checkpoint_every_epoch),
+        keras.callbacks.TensorBoard(log_dir=os.path.join(config.work_dir, "logs"), write_graph=False),
     ]
     return callbacks
 
 
-def stage_plan(config: Dict) -> List[Tuple[int, int, Optional[Dict]]]:
-    """(first epoch, end epoch, stage) per stage of `train.stages`; one (0, epochs, None) without stages."""
-    stages = config["train"]["stages"]
-    if not stages:
-        return [(0, config["train"]["epochs"], None)]
-    plan, first = [], 0
-    for stage in stages:
-        plan.append((first, first + stage["epochs"], stage))
-        first += stage["epochs"]
-    return plan
-
-
-def stage_arguments(stage: Dict) -> Dict:
-    """FaceTrainer.set_stage arguments of one `train.stages` entry."""
-    return {
-        "frozen": stage.get("freeze", ()),
-        "identity_loss": stage.get("identity_loss", True),
-        "plugins": stage.get("plugins"),
-    }
-
-
-def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=()) -> keras.callbacks.History:
-    """Runs (or resumes) the training described by a resolved config; returns the Keras history."""
+def train(config: RunConfig, prepared: Optional[Prepared] = None, extra_callbacks=()) -> keras.callbacks.History:
+    """Runs (or resumes) the training described by a validated config; returns the Keras history."""
     trainer, dataset, description, steps_per_epoch, strategy, callbacks = prepared or prepare(config)
-    work_dir = config["work_dir"]
+    work_dir = config.work_dir
     os.makedirs(work_dir, exist_ok=True)
     save_config(config, os.path.join(work_dir, "config.yaml"))
     write_json_atomically(
         {
-            "backbone": config["backbone"]["name"],
+            "backbone": config.backbone.name,
             "input_shape": list(input_shape_for(config, description)),
             "embedding_size": int(trainer.backbone.output["embedding"].shape[-1]),
             "num_classes": description["num_classes"],
@@ -163,24 +159,24 @@ def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=())
         os.path.join(work_dir, "run.json"),
     )
     print(
-        f"tfface: {config['backbone']['name']} + {config['head']['name']} on {description['num_examples']} images "
-        f"of {description['num_classes']} identities; {config['train']['epochs']} epochs x {steps_per_epoch} steps, "
-        f"batch {config['train']['batch_size']} over {strategy.num_replicas_in_sync} replica(s); work dir {work_dir}"
+        f"tfface: {config.backbone.name} + {config.head.name} on {description['num_examples']} images "
+        f"of {description['num_classes']} identities; {config.train.epochs} epochs x {steps_per_epoch} steps, "
+        f"batch {config.train.batch_size} over {strategy.num_replicas_in_sync} replica(s); work dir {work_dir}"
     )
     started = time.time()
     history = keras.callbacks.History()
     history.history = {}
-    for first_epoch, last_epoch, stage in stage_plan(config):
+    for first_epoch, last_epoch, stage in stages.plan(config.train.stages, config.train.epochs):
+        trainer.set_stage(**(stage.arguments() if stage is not None else {"frozen": config.train.freeze}))
         if stage is not None:
-            trainer.set_stage(**stage_arguments(stage))
-            print(f"stage {stage.get('name', '')} epochs {first_epoch + 1}-{last_epoch}: {stage}")
+            print(f"stage {stage.name} epochs {first_epoch + 1}-{last_epoch}: {stage}")
         stage_history = trainer.fit(
             dataset,
             initial_epoch=first_epoch,
             epochs=last_epoch,
             steps_per_epoch=steps_per_epoch,
             callbacks=[*callbacks, *extra_callbacks],
-            verbose=_verbosity(config["train"]["verbose"]),
+            verbose=_verbosity(config.train.verbose),
             shuffle=False,  # the pipeline shuffles
         )
         for key, values in stage_history.history.items():
@@ -192,7 +188,7 @@ def train(config: Dict, prepared: Optional[Prepared] = None, extra_callbacks=())
         summary = ", ".join(f"{key} {value:.4f}" for key, value in last.items())
         print(f"done in {time.time() - started:.0f}s: {summary}")
     else:
-        print("nothing to train: the backup in the work dir says this run already finished")
+        print(f"nothing to train: the backup in {work_dir} says all {config.train.epochs} epochs are done")
     return history
 
 

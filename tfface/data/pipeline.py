@@ -106,6 +106,34 @@ def _read_records(files: list[str], training: bool, seed) -> tf.data.Dataset:
     )
 
 
+def _read_good_records(files: list[str], skip, training: bool, seed) -> tf.data.Dataset:
+    """{"serialized", "skipped_records"} without the bad records of `skip` (a verify.Scan): each shard read up to
+    its first unreadable record, the bad ones left out; "skipped_records" (int32) counts the bad records left out
+    just before this one, so the batches' sum over an epoch is the number skipped in it."""
+    keys = np.array(sorted(shard << 32 | index for shard, index in skip.skipped_keys()) or [-1], np.int64)
+    bad = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.bool)), False)
+    readable = [skip.readable[path] for path in files]
+
+    def numbered(shard, path, count):
+        records = tf.data.TFRecordDataset(path).take(count).enumerate()
+        return records.map(lambda index, record: (tf.bitwise.left_shift(shard, 32) | index, record))
+
+    shards = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), files, readable))
+    if training:
+        shards = shards.shuffle(len(files), seed=seed)
+    records = shards.interleave(numbered, cycle_length=min(len(files), 16) if training else 1,
+                                num_parallel_calls=tf.data.AUTOTUNE if training else None)
+
+    def count(skipped_so_far, element):
+        key, record = element
+        is_bad = bad.lookup(key)
+        return tf.where(is_bad, skipped_so_far + 1, 0), (record, skipped_so_far, is_bad)
+
+    records = records.scan(tf.constant(0, tf.int32), count)
+    return records.filter(lambda record, skipped, is_bad: tf.logical_not(is_bad)).map(
+        lambda record, skipped, is_bad: {"serialized": record, "skipped_records": skipped})
+
+
 class _Augmenter:
     """Per-example geometry: resize to `image_size`, crop to `crop_size`, optional flip, normalise."""
 
@@ -117,10 +145,14 @@ class _Augmenter:
         self.flip = flip and training
         self.features = features
 
-    def decode(self, serialized) -> dict:
+    def decode(self, record) -> dict:
+        """A serialized record, or {"serialized", "skipped_records"} (passed through) -> the decoded example."""
         fields = [name for name in self.features if name in schema.OPTIONAL_FIELDS]
+        serialized = record["serialized"] if isinstance(record, dict) else record
         parsed = schema.parse_example(serialized, fields=fields)
         example = {key: parsed[key] for key in ("image", "label", *self.features)}
+        if isinstance(record, dict):
+            example["skipped_records"] = record["skipped_records"]
         for name, shape in self.feature_shapes.items():
             if name in example:
                 example[name] = tf.ensure_shape(example[name], shape)
@@ -249,6 +281,7 @@ def make_dataset(
     cache=False,
     seed: int | None = None,
     drop_remainder: bool | None = None,
+    skip=None,
 ) -> tf.data.Dataset:
     """Batches of dicts from the shards of `data_dir/<prefix>.json` (written by ShardedTFRecordWriter).
 
@@ -268,6 +301,8 @@ def make_dataset(
       repeat, drop_remainder: default to `training`.
       cache: True caches decoded images in memory, a str caches them in that file (see `prepare_cache_file`).
       seed: makes shuffling and augmentation reproducible.
+      skip: a `verify.Scan` of the data set: its bad records are left out, and every example holds
+        "skipped_records" int32, the bad records left out just before it (summed over an epoch: the skipped count).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -299,8 +334,12 @@ def make_dataset(
     drop_remainder = training if drop_remainder is None else drop_remainder
 
     augment = _Augmenter(image_size, crop_size, training, flip, features, description.get("feature_shapes", {}))
-    dataset = _read_records(files, training, seed).apply(
-        tf.data.experimental.assert_cardinality(description["num_examples"])
+    if skip is None:
+        dataset = _read_records(files, training, seed)
+    else:
+        dataset = _read_good_records(files, skip, training, seed)
+    dataset = dataset.apply(
+        tf.data.experimental.assert_cardinality(description["num_examples"] if skip is None else skip.good)
     )
     if cache:
         dataset = dataset.map(augment.decode, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,4 +1,4 @@
-"""Builds a compiled FaceTrainer, its optimizers and its schedule from a resolved config (see config.py)."""
+"""Builds a compiled FaceTrainer, its optimizers and its schedule from a validated RunConfig (see config.py)."""
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import keras
@@ -8,46 +8,44 @@ from tfface import backbones, heads
 from tfface.branches import BRANCHES
 from tfface.errors import ConfigError
 from tfface.regularizers import REGULARIZERS
+from tfface.training import fields as check
+from tfface.training.config import DEFAULTS, OPTIMIZERS, HeadConfig, OptimizerConfig, RunConfig, ScheduleConfig
 from tfface.training.gates import GATES
 from tfface.training.precision import precision_scope, wrap_optimizer
 from tfface.training.schedules import WarmupSchedule
 from tfface.training.strategy import select_strategy  # noqa: F401  (re-exported for the CLIs)
 from tfface.training.trainer import FaceTrainer
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
 PLUGIN_KEYS = {"name", "weight", "warmup_epochs", "warmup_per", "options", "optimizer", "enabled"}
 WARMUP_UNITS = ("epoch", "step")
 GATE_KEYS = {"name", "options", "enabled"}
 
 
-def build_optimizer(spec: Dict[str, Any], learning_rate, key: str = "optimizer") -> keras.optimizers.Optimizer:
-    """spec: the `optimizer` section (name, momentum, weight_decay, ...); learning_rate: float or schedule."""
-    name = spec.get("name", "sgd")
-    weight_decay = spec.get("weight_decay") or None
-    common = {"learning_rate": learning_rate, "clipnorm": spec.get("clipnorm")}
-    if name == "sgd":
-        return keras.optimizers.SGD(
-            momentum=spec.get("momentum", 0.9), nesterov=spec.get("nesterov", False), weight_decay=weight_decay, **common
-        )
-    adam_options = {"beta_1": spec.get("beta_1", 0.9), "beta_2": spec.get("beta_2", 0.999), "epsilon": spec.get("epsilon", 1e-7)}
-    if name == "adam":
+def build_optimizer(spec: OptimizerConfig, learning_rate, key: str = "optimizer") -> keras.optimizers.Optimizer:
+    """spec: the `optimizer` section; learning_rate: float or schedule."""
+    weight_decay = spec.weight_decay or None
+    common = {"learning_rate": learning_rate, "clipnorm": spec.clipnorm}
+    if spec.name == "sgd":
+        return keras.optimizers.SGD(momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=weight_decay, **common)
+    adam_options = {"beta_1": spec.beta_1, "beta_2": spec.beta_2, "epsilon": spec.epsilon}
+    if spec.name == "adam":
         return keras.optimizers.Adam(weight_decay=weight_decay, **adam_options, **common)
-    if name == "adamw":
+    if spec.name == "adamw":
         return keras.optimizers.AdamW(weight_decay=weight_decay or 0.004, **adam_options, **common)
-    raise ConfigError(f"{key}.name: unknown optimizer '{name}'; available: {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"{key}.name: unknown optimizer '{spec.name}'; available: {', '.join(OPTIMIZERS)}")
 
 
-def build_schedule(spec: Dict[str, Any], steps_per_epoch: int, epochs: int) -> WarmupSchedule:
+def build_schedule(spec: ScheduleConfig, steps_per_epoch: int, epochs: int) -> WarmupSchedule:
     """The `schedule` section with epochs converted to optimizer steps."""
     try:
         return WarmupSchedule(
-            kind=spec["name"],
-            learning_rate=spec["learning_rate"],
+            kind=spec.name,
+            learning_rate=spec.learning_rate,
             total_steps=steps_per_epoch * epochs,
-            warmup_steps=int(round(spec["warmup_epochs"] * steps_per_epoch)),
-            boundaries=[int(round(epoch * steps_per_epoch)) for epoch in spec["boundaries"]],
-            decay=spec["decay"],
-            min_learning_rate=spec["min_learning_rate"],
+            warmup_steps=int(round(spec.warmup_epochs * steps_per_epoch)),
+            boundaries=[int(round(epoch * steps_per_epoch)) for epoch in spec.boundaries],
+            decay=spec.decay,
+            min_learning_rate=spec.min_learning_rate,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -86,29 +84,26 @@ def enabled_entries(entries: Sequence[Any], key: str) -> List[Tuple[int, Any]]:
     return [(index, spec) for index, spec in enumerate(entries) if is_enabled(spec, f"{key}[{index}]")]
 
 
-def input_shape_for(config: Dict[str, Any], description: Dict[str, Any]) -> Sequence[int]:
+def input_shape_for(config: RunConfig, description: Dict[str, Any]) -> Sequence[int]:
     """(H, W, 3) fed to the backbone: crop size, else resize size, else the stored image size."""
-    data = config["data"]
-    size = data["crop_size"] or data["image_size"] or description["image_size"]
+    size = config.data.crop_size or config.data.image_size or description["image_size"]
     return (int(size[0]), int(size[1]), 3)
 
 
-def build_trainer(
-    config: Dict[str, Any], num_classes: int, steps_per_epoch: int, input_shape: Sequence[int]
-) -> FaceTrainer:
+def build_trainer(config: RunConfig, num_classes: int, steps_per_epoch: int, input_shape: Sequence[int]) -> FaceTrainer:
     """Builds and compiles the trainer; call inside the strategy scope. Every part is built before it returns.
 
     Every layer is constructed under `train.precision`'s dtype policy (margin heads stay float32); under
     mixed_float16 the optimizers scale the loss (tfface.training.precision).
     """
-    with precision_scope(config["train"]["precision"]):
+    with precision_scope(config.train.precision):
         return _build_trainer(config, num_classes, steps_per_epoch, input_shape)
 
 
-def _build_head(spec: Dict[str, Any], num_classes: int):
+def _build_head(spec: HeadConfig, num_classes: int):
     """The margin head; options it does not take are a ConfigError naming head.options (a head switched with
     `--set head.name=...` keeps the config's options: `--set head.options={}` clears them)."""
-    name, options = spec["name"], spec["options"]
+    name, options = spec.name, spec.options
     if name in heads.available():
         try:
             return heads.get_head(name, num_classes, **options)
@@ -122,25 +117,22 @@ def _build_head(spec: Dict[str, Any], num_classes: int):
     return heads.get_head(name, num_classes, **options)
 
 
-def _build_trainer(
-    config: Dict[str, Any], num_classes: int, steps_per_epoch: int, input_shape: Sequence[int]
-) -> FaceTrainer:
-    precision = config["train"]["precision"]
-    backbone_options = {"input_shape": tuple(input_shape), **config["backbone"]["options"]}
-    backbone = backbones.get_backbone(config["backbone"]["name"], **backbone_options)
-    head = _build_head(config["head"], num_classes)
-    epochs = config["train"]["epochs"]
+def _build_trainer(config: RunConfig, num_classes: int, steps_per_epoch: int, input_shape: Sequence[int]) -> FaceTrainer:
+    precision = config.train.precision
+    backbone_options = {"input_shape": tuple(input_shape), **config.backbone.options}
+    backbone = backbones.get_backbone(config.backbone.name, **backbone_options)
+    head = _build_head(config.head, num_classes)
     regularizers = [
         _build_plugin(REGULARIZERS, spec, f"regularizers[{index}]", steps_per_epoch)
-        for index, spec in enabled_entries(config["regularizers"], "regularizers")
+        for index, spec in enabled_entries(config.regularizers, "regularizers")
     ]
     branches = []
-    for index, spec in enabled_entries(config["branches"], "branches"):
+    for index, spec in enabled_entries(config.branches, "branches"):
         optimizer = _branch_optimizer(spec, f"branches[{index}]", precision)
         branches.append(_build_plugin(BRANCHES, spec, f"branches[{index}]", steps_per_epoch, optimizer=optimizer))
     gate = None
-    if config["gate"] and is_enabled(config["gate"], "gate"):
-        gate_spec = config["gate"]
+    if config.gate and is_enabled(config.gate, "gate"):
+        gate_spec = config.gate
         if "name" not in gate_spec:
             raise ConfigError(f"gate: needs a 'name', got {gate_spec!r}")
         unknown = set(gate_spec) - GATE_KEYS
@@ -148,10 +140,11 @@ def _build_trainer(
             raise ConfigError(f"gate: unknown key(s) {', '.join(sorted(unknown))} for '{gate_spec['name']}'")
         gate = GATES.build(gate_spec["name"], **gate_spec.get("options", {}))
     trainer = FaceTrainer(
-        backbone, head, regularizers=regularizers, branches=branches, gate=gate, frozen=config["train"]["freeze"]
+        backbone, head, regularizers=regularizers, branches=branches, gate=gate, frozen=config.train.freeze,
+        count_skipped_records=config.data.on_bad_record == "skip",
     )
-    schedule = build_schedule(config["schedule"], steps_per_epoch, epochs)
-    trainer.compile(optimizer=wrap_optimizer(build_optimizer(config["optimizer"], schedule), precision))
+    schedule = build_schedule(config.schedule, steps_per_epoch, config.train.epochs)
+    trainer.compile(optimizer=wrap_optimizer(build_optimizer(config.optimizer, schedule), precision))
     trainer.build_all(input_shape)
     return trainer
 
@@ -162,17 +155,21 @@ def _branch_optimizer(spec, key: str, precision: str) -> Optional[keras.optimize
     optimizer_spec = spec.get("optimizer") if isinstance(spec, dict) else None
     if optimizer_spec is None:
         return None
+    if not isinstance(optimizer_spec, dict):
+        raise ConfigError(f"{key}.optimizer: {optimizer_spec!r} is not allowed (expected a mapping)")
     options = {"weight_decay": 0.0, **optimizer_spec}
-    learning_rate = options.pop("learning_rate", 1e-3)
-    return wrap_optimizer(build_optimizer(options, learning_rate, key=f"{key}.optimizer"), precision)
+    learning_rate = check.number(0.0, low_open=True)(f"{key}.optimizer.learning_rate", options.pop("learning_rate", 1e-3))
+    unknown = set(options) - set(DEFAULTS["optimizer"])
+    if unknown:
+        raise ConfigError(f"{key}.optimizer: unknown key(s) {', '.join(sorted(unknown))}")
+    spec = OptimizerConfig.from_dict(options, prefix=f"{key}.optimizer.")
+    return wrap_optimizer(build_optimizer(spec, learning_rate, key=f"{key}.optimizer"), precision)
 
 
-def steps_per_epoch_for(config: Dict[str, Any], num_examples: int) -> int:
-    if config["train"]["steps_per_epoch"]:
-        return int(config["train"]["steps_per_epoch"])
-    steps = num_examples // config["train"]["batch_size"]
+def steps_per_epoch_for(config: RunConfig, num_examples: int) -> int:
+    if config.train.steps_per_epoch:
+        return config.train.steps_per_epoch
+    steps = num_examples // config.train.batch_size
     if steps == 0:
-        raise ConfigError(
-            f"train.batch_size {config['train']['batch_size']} is larger than the data set ({num_examples} examples)"
-        )
+        raise ConfigError(f"train.batch_size {config.train.batch_size} is larger than the data set ({num_examples} examples)")
     return steps

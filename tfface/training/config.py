@@ -1,82 +1,134 @@
-"""Training configuration: defaults, YAML loading, `--set key.sub=value` overrides and validation.
+"""Training configuration: typed sections with their defaults, YAML loading, `--set key.sub=value` overrides, and
+validation, once, in `load_config`.
 
-A config is a nested dict. Every key a user writes must exist in DEFAULTS (so a typo is one clear error naming the
-key), except under the free-form option maps listed in OPEN_KEYS, which are checked by the builder that receives them
-(a backbone, head, regularizer or branch rejects an option it does not take, by name).
+Files and overrides are merged as nested dicts; every key a user writes must exist in DEFAULTS (so a typo is one clear
+error naming the key), except under the free-form option maps listed in OPEN_KEYS, which are checked by the builder
+that receives them (a backbone, head, regularizer or branch rejects an option it does not take, by name). The merged
+dict then becomes a RunConfig: every value is checked for its type and range (tfface.training.fields).
 """
 import copy
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import yaml
 
+from tfface.data.image_io import write_atomic
 from tfface.errors import ConfigError
 
-DEFAULTS: Dict[str, Any] = {
-    "name": "run",
-    "work_dir": None,  # default: runs/<name>
-    "seed": 0,
-    "backbone": {"name": "iresnet50", "options": {}},
-    "head": {"name": "arcface", "options": {}},
-    "data": {
-        "train": None,  # folder with <prefix>-*.tfrecord and <prefix>.json (tools.make_tfrecords, tools.synth)
-        "prefix": "train",
-        "image_size": None,  # [H, W] resize before cropping; default: the stored size
-        "crop_size": None,  # [H, W] random crop in training (the network input); default: no crop
-        "flip": True,
-        "shuffle_buffer": 4096,
-        "cache": False,
-        "features": [],  # extra features the plug-ins read: landmarks, pose, light, true_label, depth, albedo, ...
-    },
-    "train": {
-        "epochs": 10,
-        "batch_size": 128,  # global batch, split across replicas
-        "steps_per_epoch": None,  # default: examples // batch_size
-        "freeze": [],  # parts the main optimizer leaves alone: backbone, head
-        "stages": [],  # optional schedule of stages, each {epochs, freeze, identity_loss, plugins}; see STAGE_KEYS
-        "init_from": None,  # a weights file (.weights.h5) to start from, e.g. a baseline to fine-tune
-        "strategy": "auto",  # auto (multi_worker under a TF_CONFIG cluster, else mirrored when more than one
-        # device is visible) | mirrored | multi_worker | default
-        "precision": "float32",  # float32 | mixed_float16 (with loss scaling) | mixed_bfloat16; heads stay float32
-        "checkpoint_every_epoch": True,
-        "verbose": "auto",  # auto: progress bar on a terminal, one line per epoch otherwise
-    },
-    "optimizer": {
-        "name": "sgd",  # sgd | adam | adamw
-        "momentum": 0.9,
-        "nesterov": False,
-        "weight_decay": 5e-4,
-        "beta_1": 0.9,
-        "beta_2": 0.999,
-        "epsilon": 1e-7,
-        "clipnorm": None,
-    },
-    "schedule": {
-        "name": "piecewise",  # piecewise | cosine | constant
-        "learning_rate": 0.1,
-        "warmup_epochs": 0.0,
-        "boundaries": [],  # piecewise: epochs at which the rate is multiplied by `decay`
-        "decay": 0.1,
-        "min_learning_rate": 0.0,  # cosine: floor
-    },
-    "regularizers": [],  # list of {name, weight, warmup_epochs, warmup_per (epoch|step), options, enabled}
-    "branches": [],  # list of {name, weight, warmup_epochs, warmup_per, optimizer, options, enabled}
-    "gate": None,  # {name, options, enabled}
-    "evaluation": {
-        "pairs_dir": None,  # an LFW-layout folder with pairs.txt, verified every `every_epochs`
-        "every_epochs": 1,
-        "image_size": None,
-        "batch_size": 64,
-    },
-}
+from tfface.training import fields as check
+from tfface.training.precision import PRECISIONS
+from tfface.training.stages import FREEZABLE_PARTS, Stage, parse_stages
+from tfface.training.strategy import STRATEGIES
 
-# A stage of `train.stages` (trained one after the other in one run; `train.epochs` becomes their sum):
-# epochs (required), freeze (parts left alone, default none), identity_loss (default true),
-# plugins (names of the regularizers/branches that run, default all).
-STAGE_KEYS = {"name", "epochs", "freeze", "identity_loss", "plugins"}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("piecewise", "cosine", "constant")
+BAD_RECORD_ACTIONS = ("error", "skip")
+
+
+@dataclass
+class BackboneConfig(check.Section):
+    name: str = check.field("iresnet50", check.text)  # tfface.backbones.available()
+    options: Dict[str, Any] = check.field({}, check.mapping)  # checked by the backbone
+
+
+@dataclass
+class HeadConfig(check.Section):
+    name: str = check.field("arcface", check.text)  # tfface.heads.available()
+    options: Dict[str, Any] = check.field({}, check.mapping)  # checked by the head
+
+
+@dataclass
+class DataConfig(check.Section):
+    # folder with <prefix>-*.tfrecord and <prefix>.json (tools.make_tfrecords, tools.synth)
+    train: Optional[str] = check.field(None, check.optional(check.text))
+    prefix: str = check.field("train", check.text)
+    # [H, W] resize before cropping; default: the stored size
+    image_size: Optional[List[int]] = check.field(None, check.optional(check.size))
+    # [H, W] random crop in training (the network input); default: no crop
+    crop_size: Optional[List[int]] = check.field(None, check.optional(check.size))
+    flip: bool = check.field(True, check.boolean)
+    shuffle_buffer: int = check.field(4096, check.integer(1))
+    cache: Union[bool, str] = check.field(False, check.one_of(check.boolean, check.text))  # true: memory; a path: file
+    # extra features the plug-ins read: landmarks, pose, light, true_label, depth, albedo, ...
+    features: List[str] = check.field([], check.names)
+    # a bad record (unreadable, no label or image, label out of range, undecodable image): error stops before
+    # training naming it; skip leaves it out and logs the count per epoch as skipped_records
+    on_bad_record: str = check.field("error", check.choice(BAD_RECORD_ACTIONS))
+
+
+@dataclass
+class TrainConfig(check.Section):
+    epochs: int = check.field(10, check.integer(1))
+    batch_size: int = check.field(128, check.integer(1))  # global batch, split across replicas
+    steps_per_epoch: Optional[int] = check.field(None, check.optional(check.integer(1)))  # default: examples // batch
+    freeze: List[str] = check.field([], check.names_from(FREEZABLE_PARTS))  # parts the main optimizer leaves alone
+    stages: List[Stage] = check.field([], parse_stages)  # trained one after the other; see tfface.training.stages
+    init_from: Optional[str] = check.field(None, check.optional(check.text))  # a run dir to fine-tune from
+    # auto: multi_worker under a TF_CONFIG cluster, else mirrored when more than one device is visible
+    strategy: str = check.field("auto", check.choice(STRATEGIES))
+    # float32 | mixed_float16 (with loss scaling) | mixed_bfloat16; heads stay float32
+    precision: str = check.field("float32", check.choice(PRECISIONS))
+    checkpoint_every_epoch: bool = check.field(True, check.boolean)
+    # auto: progress bar on a terminal, one line per epoch otherwise
+    verbose: Union[str, int] = check.field("auto", check.choice(("auto", 0, 1, 2)))
+
+
+@dataclass
+class OptimizerConfig(check.Section):
+    name: str = check.field("sgd", check.choice(OPTIMIZERS))
+    momentum: float = check.field(0.9, check.number(0.0, 1.0, high_open=True))
+    nesterov: bool = check.field(False, check.boolean)
+    weight_decay: float = check.field(5e-4, check.number(0.0))
+    beta_1: float = check.field(0.9, check.number(0.0, 1.0, high_open=True))
+    beta_2: float = check.field(0.999, check.number(0.0, 1.0, high_open=True))
+    epsilon: float = check.field(1e-7, check.number(0.0, low_open=True))
+    clipnorm: Optional[float] = check.field(None, check.optional(check.number(0.0, low_open=True)))
+
+
+@dataclass
+class ScheduleConfig(check.Section):
+    name: str = check.field("piecewise", check.choice(SCHEDULES))
+    learning_rate: float = check.field(0.1, check.number(0.0, low_open=True))
+    warmup_epochs: float = check.field(0.0, check.number(0.0))
+    boundaries: List[float] = check.field([], check.numbers(0.0))  # piecewise: epochs where the rate times `decay`
+    decay: float = check.field(0.1, check.number(0.0, low_open=True))
+    min_learning_rate: float = check.field(0.0, check.number(0.0))  # cosine: floor
+
+
+@dataclass
+class EvaluationConfig(check.Section):
+    pairs_dir: Optional[str] = check.field(None, check.optional(check.text))  # LFW layout, verified every_epochs
+    every_epochs: int = check.field(1, check.integer(1))
+    image_size: Optional[List[int]] = check.field(None, check.optional(check.size))
+    batch_size: int = check.field(64, check.integer(1))
+
+
+@dataclass
+class RunConfig(check.Section):
+    """A resolved, validated config: typed sections; plug-in lists stay maps checked by the plug-ins."""
+
+    name: str = check.field("run", check.text)
+    work_dir: Optional[str] = check.field(None, check.optional(check.text))  # default: runs/<name>
+    seed: int = check.field(0, check.integer(0))
+    backbone: BackboneConfig = check.section(BackboneConfig)
+    head: HeadConfig = check.section(HeadConfig)
+    data: DataConfig = check.section(DataConfig)
+    train: TrainConfig = check.section(TrainConfig)
+    optimizer: OptimizerConfig = check.section(OptimizerConfig)
+    schedule: ScheduleConfig = check.section(ScheduleConfig)
+    # {name, weight, warmup_epochs, warmup_per (epoch|step), options, enabled}
+    regularizers: List[Dict[str, Any]] = check.field([], check.plugin_list)
+    # {name, weight, warmup_epochs, warmup_per, optimizer, options, enabled}
+    branches: List[Dict[str, Any]] = check.field([], check.plugin_list)
+    gate: Optional[Dict[str, Any]] = check.field(None, check.optional(check.mapping))  # {name, options, enabled}
+    evaluation: EvaluationConfig = check.section(EvaluationConfig)
+
+
+DEFAULTS: Dict[str, Any] = RunConfig().to_dict()
 
 # Keys whose values are free-form maps or lists of maps checked by the code that consumes them.
 OPEN_KEYS = {"backbone.options", "head.options", "regularizers", "branches", "gate"}
@@ -192,8 +244,9 @@ def _overlay(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
     return merged
 
 
-def load_config(path: Optional[str], overrides: Iterable[str] = ()) -> Dict[str, Any]:
-    """Defaults <- YAML file (over its `base` files) <- overrides; returns the resolved config with work_dir set."""
+def load_config(path: Optional[str], overrides: Iterable[str] = ()) -> RunConfig:
+    """Defaults <- YAML file (over its `base` files) <- overrides -> the validated config, work_dir set. A value of
+    the wrong type or range is a ConfigError naming the key, the value and what is allowed."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
         loaded = _read_yaml(path)
@@ -206,36 +259,18 @@ def load_config(path: Optional[str], overrides: Iterable[str] = ()) -> Dict[str,
     for text in overrides:
         _set_dotted(config, parse_override(text))
     if config["work_dir"] is None:
-        config["work_dir"] = os.path.join("runs", config["name"])
-    _resolve_stages(config)
-    return config
+        config["work_dir"] = os.path.join("runs", str(config["name"]))
+    run = RunConfig.from_dict(config)
+    if run.train.stages:  # `train.epochs` is the stages' sum
+        run.train.epochs = sum(stage.epochs for stage in run.train.stages)
+    return run
 
 
-def _resolve_stages(config: Dict[str, Any]) -> None:
-    """Checks `train.stages` and sets `train.epochs` to the sum of their epochs."""
-    stages = config["train"]["stages"]
-    if not stages:
-        return
-    for index, stage in enumerate(stages):
-        key = f"train.stages[{index}]"
-        if not isinstance(stage, dict) or "epochs" not in stage:
-            raise ConfigError(f"{key}: each stage needs 'epochs', got {stage!r}")
-        unknown = set(stage) - STAGE_KEYS
-        if unknown:
-            raise ConfigError(f"{key}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(STAGE_KEYS))}")
-        if not isinstance(stage["epochs"], int) or stage["epochs"] < 1:
-            raise ConfigError(f"{key}.epochs must be a positive integer, got {stage['epochs']!r}")
-    config["train"]["epochs"] = sum(stage["epochs"] for stage in stages)
-
-
-def config_hash(config: Dict[str, Any]) -> str:
+def config_hash(config: RunConfig) -> str:
     """A short stable hash of the resolved config (exported with models)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def save_config(config: Dict[str, Any], path: str) -> None:
+def save_config(config: RunConfig, path: str) -> None:
     """Writes the resolved config as YAML, atomically."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
-    os.replace(temporary, path)
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))

@@ -19,15 +19,15 @@ import tensorflow as tf
 from tfface.training.gates import gate_backbone_gradient
 from tfface.training.plugins import Branch, Gate, Plugin, Regularizer, StepContext
 from tfface.training.precision import rescale_gradients
-
-FREEZABLE_PARTS = ("backbone", "head")
+from tfface.training.stages import FREEZABLE_PARTS
 
 
 class FaceTrainer(keras.Model):
     """backbone: keras.Model image -> {"stem".."stage4", "embedding"}; head: MarginHead; plug-ins optional.
 
     `frozen` names parts ("backbone", "head") whose variables the main optimizer leaves alone; their batch
-    normalization runs in inference mode.
+    normalization runs in inference mode. `count_skipped_records` logs the sum of the batches' "skipped_records"
+    per epoch (the pipeline's count of bad records left out).
 
     A head whose logits cover a subset of the classes (Partial FC) also outputs "targets" [N], the label column in
     its logits; a head with `sharded_variables` (one shard per replica, never all-reduced) updates them itself
@@ -43,6 +43,7 @@ class FaceTrainer(keras.Model):
         branches: Sequence[Branch] = (),
         gate: Optional[Gate] = None,
         frozen: Iterable[str] = (),
+        count_skipped_records: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -70,6 +71,8 @@ class FaceTrainer(keras.Model):
             for source in self._log_sources()
             for name in source.log_names
         }
+        # the batches' "skipped_records" (bad records the pipeline left out, data.on_bad_record: skip) summed per epoch
+        self.skipped_tracker = keras.metrics.Sum(name="skipped_records") if count_skipped_records else None
 
     # ----------------------------------------------------------------------------------------------- structure
     @property
@@ -160,6 +163,7 @@ class FaceTrainer(keras.Model):
             *self.plugin_trackers.values(),
             *self.adversary_trackers.values(),
             *self.extra_trackers.values(),
+            *([self.skipped_tracker] if self.skipped_tracker is not None else []),
         ]
 
     # ----------------------------------------------------------------------------------------------- losses
@@ -253,6 +257,8 @@ class FaceTrainer(keras.Model):
         self._track(self.identity_loss_tracker, identity_loss)
         self.accuracy_tracker.update_state(targets, context.head_outputs["plain_logits"])
         self._track_plugin_logs(context)
+        if self.skipped_tracker is not None:
+            self.skipped_tracker.update_state(tf.reduce_sum(tf.cast(data["skipped_records"], tf.float32)))
         return self._logs(self.metrics)
 
     @staticmethod

@@ -1,0 +1,145 @@
+"""Typed config fields: a default and a check per field. A check takes (key, value) and returns the value in its
+type, or raises a ConfigError naming the key, the value and what is allowed:
+
+    train.epochs: 'ten' is not allowed (expected an integer >= 1)
+"""
+import copy
+import dataclasses
+import math
+from typing import Any, Callable, Dict, Sequence
+
+from tfface.errors import ConfigError
+
+Check = Callable[[str, Any], Any]
+
+
+def field(default, check: Check):
+    """A dataclass field with `default` (lists and maps copied per instance) and its check."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"check": check})
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+def section(cls):
+    """A dataclass field holding a nested Section, built from the map under its key."""
+    return dataclasses.field(default_factory=cls, metadata={"section": cls})
+
+
+class Section:
+    """Base of the config's dataclasses: `from_dict` checks every value once; `config["train"]["epochs"]` reads
+    `config.train.epochs` (for scripts that index the config like a map)."""
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], prefix: str = ""):
+        if not isinstance(values, dict):
+            raise ConfigError(f"{prefix.rstrip('.')}: {values!r} is not allowed (expected a mapping)")
+        arguments = {}
+        for spec in dataclasses.fields(cls):
+            key = f"{prefix}{spec.name}"
+            if "section" in spec.metadata:
+                arguments[spec.name] = spec.metadata["section"].from_dict(values.get(spec.name, {}), f"{key}.")
+            elif spec.name in values:
+                arguments[spec.name] = spec.metadata["check"](key, values[spec.name])
+        return cls(**arguments)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested maps and lists (what config.yaml holds)."""
+        return dataclasses.asdict(self)
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+
+class _Check:
+    allowed = ""
+
+    def accepts(self, value) -> bool:
+        raise NotImplementedError
+
+    def convert(self, value):
+        return value
+
+    def __call__(self, key: str, value):
+        if not self.accepts(value):
+            raise ConfigError(f"{key}: {value!r} is not allowed (expected {self.allowed})")
+        return self.convert(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Predicate(_Check):
+    def __init__(self, allowed: str, accepts: Callable[[Any], bool], convert: Callable[[Any], Any] = None):
+        self.allowed = allowed
+        self.accepts = accepts
+        if convert is not None:
+            self.convert = convert
+
+
+text = _Predicate("a non-empty string", lambda value: isinstance(value, str) and bool(value))
+boolean = _Predicate("true or false", lambda value: isinstance(value, bool))
+mapping = _Predicate("a mapping", lambda value: isinstance(value, dict))
+names = _Predicate("a list of names", lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value))
+plugin_list = _Predicate(
+    "a list of mappings, each with a name",
+    lambda value: isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value),
+)
+size = _Predicate(
+    "an integer >= 1 or a pair [height, width] of them",
+    lambda value: (_is_int(value) and value >= 1)
+    or (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value)),
+    lambda value: [value, value] if _is_int(value) else list(value),
+)
+
+
+def integer(low: int) -> _Check:
+    return _Predicate(f"an integer >= {low}", lambda value: _is_int(value) and value >= low)
+
+
+def number(low: float, high: float = None, low_open: bool = False, high_open: bool = False) -> _Check:
+    """A finite number in [low, high] (an open end with low_open / high_open), returned as float."""
+    bounds = f"{'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        bounds += f" and {'<' if high_open else '<='} {high:g}"
+
+    def accepts(value) -> bool:
+        if not _is_number(value) or value < low or (low_open and value == low):
+            return False
+        return high is None or value < high or (value == high and not high_open)
+
+    return _Predicate(f"a finite number {bounds}", accepts, float)
+
+
+def numbers(low: float) -> _Check:
+    element = number(low)
+    return _Predicate(f"a list of finite numbers >= {low:g}",
+                      lambda value: isinstance(value, list) and all(element.accepts(v) for v in value),
+                      lambda value: [float(v) for v in value])
+
+
+def choice(values: Sequence) -> _Check:
+    shown = ", ".join(str(value) for value in values)
+    return _Predicate(f"one of {shown}", lambda value: any(type(value) is type(v) and value == v for v in values))
+
+
+def names_from(allowed: Sequence[str]) -> _Check:
+    return _Predicate(f"a list of names from {', '.join(allowed)}",
+                      lambda value: isinstance(value, list) and all(v in allowed for v in value))
+
+
+def optional(check: _Check) -> _Check:
+    return _Predicate(f"{check.allowed}, or null", lambda value: value is None or check.accepts(value),
+                      lambda value: None if value is None else check.convert(value))
+
+
+def one_of(*checks: _Check) -> _Check:
+    def convert(value):
+        return next(check for check in checks if check.accepts(value)).convert(value)
+
+    return _Predicate(" or ".join(check.allowed for check in checks),
+                      lambda value: any(check.accepts(value) for check in checks), convert)
