@@ -243,3 +243,134 @@ def test_epochs_without_a_verification_pass_log_no_verification_numbers(tmp_path
         for event in tf.compat.v1.train.summary_iterator(str(events)):
             steps += [event.step for value in event.summary.value if value.tag == "epoch_verification_accuracy"]
     assert steps == [1]
+
+
+# ------------------------------------------------------------------------------------------------ 2. corrupt data
+def _records(shard: Path) -> list:
+    import tensorflow as tf
+
+    return [bytes(record.numpy()) for record in tf.data.TFRecordDataset(str(shard))]
+
+
+def _rewrite(shard: Path, records: list) -> None:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def _replace_record(shard: Path, index: int, change) -> None:
+    """Record `index` of `shard` replaced by change(tf.train.Example) (the shard rewritten, CRCs valid)."""
+    import tensorflow as tf
+
+    records = _records(shard)
+    example = tf.train.Example.FromString(records[index])
+    change(example)
+    records[index] = example.SerializeToString()
+    _rewrite(shard, records)
+
+
+def _set_label(value):
+    def change(example):
+        example.features.feature["label"].int64_list.value[:] = [value]
+    return change
+
+
+def _drop(key):
+    def change(example):
+        del example.features.feature[key]
+    return change
+
+
+def _garble_image(example):
+    example.features.feature["image/encoded"].bytes_list.value[:] = [b"\x89PNG\r\n\x1a\n not an image at all"]
+
+
+def _truncate(shard: Path) -> None:
+    shard.write_bytes(shard.read_bytes()[:-30])
+
+
+def _flip_bytes(shard: Path) -> None:
+    """Flips 4 bytes inside record 5's payload: its CRC no longer matches."""
+    offset = sum(len(record) + 16 for record in _records(shard)[:5]) + 12 + 40
+    data = bytearray(shard.read_bytes())
+    data[offset:offset + 4] = bytes(255 - value for value in data[offset:offset + 4])
+    shard.write_bytes(bytes(data))
+
+
+# (fault, shard, the injection, the bad record's index, its problem)
+CORRUPTIONS = [
+    ("truncated_shard", 3, _truncate, 11, "truncated record at "),
+    ("flipped_bytes", 1, _flip_bytes, 5, "corrupted record at "),
+    ("undecodable_image", 2, lambda shard: _replace_record(shard, 4, _garble_image), 4, "'image/encoded' does not decode"),
+    ("label_too_large", 0, lambda shard: _replace_record(shard, 7, _set_label(9)), 7, "label 9 outside [0, 4)"),
+    ("negative_label", 0, lambda shard: _replace_record(shard, 2, _set_label(-3)), 2, "label -3 outside [0, 4)"),
+    ("no_label", 1, lambda shard: _replace_record(shard, 0, _drop("label")), 0, "no 'label'"),
+    ("no_image", 2, lambda shard: _replace_record(shard, 9, _drop("image/encoded")), 9, "no 'image/encoded'"),
+]
+
+
+@pytest.mark.parametrize("fault, shard_number, inject, index, problem", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_a_bad_record_is_one_line_naming_shard_record_and_problem_before_training(
+        tmp_path, capsys, fault, shard_number, inject, index, problem):
+    from tools.make_tfrecords import main as make_tfrecords
+
+    data = write_tiny_data(tmp_path / "data", examples_per_shard=12)
+    shard = data / f"train-{shard_number:05d}.tfrecord"
+    inject(shard)
+
+    assert make_tfrecords(["describe", str(data), "--verify"]) == 1
+    bad = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("bad: ")]
+    assert len(bad) == 1 and bad[0].startswith(f"bad: {shard} record {index}: {problem}"), bad
+
+    assert main(["--config", config_file(tmp_path, data)]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: data.train: {shard} record {index}: {problem}"), lines
+    assert "1 bad record(s) in all" in lines[0]
+    assert not (tmp_path / "run" / "backup").exists()
+
+
+def test_on_bad_record_skip_trains_without_them_and_logs_the_count_per_epoch(tmp_path, capsys):
+    from tools.make_tfrecords import main as make_tfrecords
+
+    data = write_tiny_data(tmp_path / "data", examples_per_shard=12)
+    _replace_record(data / "train-00000.tfrecord", 3, _set_label(9))
+    _replace_record(data / "train-00001.tfrecord", 5, _garble_image)
+    _truncate(data / "train-00003.tfrecord")  # its last record is lost
+    assert make_tfrecords(["describe", str(data), "--verify"]) == 1
+    capsys.readouterr()
+
+    # 48 records - 2 bad - 1 unreadable = 45 = 9 steps of 5: one pass over the data per epoch
+    overrides = ["--set", "data.on_bad_record=skip", "--set", "train.batch_size=5", "--set", "train.epochs=2"]
+    assert main(["--config", config_file(tmp_path, data), *overrides]) == 0
+    output = capsys.readouterr().out
+    assert "data.on_bad_record=skip: leaving out 3 bad record(s) (1 unreadable), first: " in output
+    assert "2 epochs x 9 steps" in output
+    with open(tmp_path / "run" / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(row["skipped_records"]) for row in rows] == [2.0, 2.0]
+
+
+# ------------------------------------------------------------------------------------------------ 3. config values
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=ten", "train.epochs: 'ten' is not allowed (expected an integer >= 1)"),
+    ("train.epochs=0", "train.epochs: 0 is not allowed (expected an integer >= 1)"),
+    ("train.epochs=-2", "train.epochs: -2 is not allowed (expected an integer >= 1)"),
+    ("schedule.learning_rate=nan", "schedule.learning_rate: 'nan' is not allowed (expected a finite number > 0)"),
+    ("schedule.learning_rate=.nan", "schedule.learning_rate: nan is not allowed (expected a finite number > 0)"),
+    ("schedule.learning_rate=-0.1", "schedule.learning_rate: -0.1 is not allowed (expected a finite number > 0)"),
+    ("train.steps_per_epoch=-5", "train.steps_per_epoch: -5 is not allowed (expected an integer >= 1, or null)"),
+    ("train.batch_size=8.5", "train.batch_size: 8.5 is not allowed (expected an integer >= 1)"),
+    ("optimizer.momentum=1.5", "optimizer.momentum: 1.5 is not allowed (expected a finite number >= 0 and < 1)"),
+    ("data.flip=maybe", "data.flip: 'maybe' is not allowed (expected true or false)"),
+    ("train.precision=fp8", "train.precision: 'fp8' is not allowed (expected one of float32, mixed_float16, "
+                            "mixed_bfloat16)"),
+    ("data.on_bad_record=ignore", "data.on_bad_record: 'ignore' is not allowed (expected one of error, skip)"),
+    ("train.stages=[{epochs: 0}]", "train.stages[0].epochs: 0 is not allowed (expected an integer >= 1)"),
+])
+def test_a_config_value_of_the_wrong_type_or_range_is_one_line_naming_key_value_and_allowed(
+        tmp_path, tiny_data, capsys, override, message):
+    assert main(["--config", config_file(tmp_path, tiny_data), "--set", override]) == 2
+    assert error_lines(capsys) == [f"error: {message}"]
+    assert not (tmp_path / "run").exists()

@@ -2,7 +2,7 @@
 
     python -m tools.make_tfrecords convert --input DIR_OR_NPZ --out OUT_DIR [--prefix train]
         [--landmarks CSV] [--size H W] [--format png|jpeg] [--shard-size N]
-    python -m tools.make_tfrecords describe OUT_DIR [--prefix train]
+    python -m tools.make_tfrecords describe OUT_DIR [--prefix train] [--verify]
 
 Input is either an image-folder tree (one sub-folder per identity; labels follow the sorted folder names, which are
 kept as class names) or an .npz file with `images` uint8 [N, H, W] or [N, H, W, 3] and `labels` int [N]. Grey
@@ -204,7 +204,18 @@ def describe(args: argparse.Namespace) -> int:
     if sizes:
         print("class sizes (number of classes per range of examples per class):")
         print("\n".join(histogram_lines(sizes)))
-    return 0
+    return verify_records(args) if args.verify else 0
+
+
+def verify_records(args: argparse.Namespace) -> int:
+    """--verify: every record read and checked (tfface.data.verify); each bad one on a line; 1 when any is bad."""
+    from tfface.data import verify
+
+    result = verify.scan(args.out_dir, args.prefix)
+    print(f"verify: {sum(result.readable.values())} record(s) read, {len(result.bad)} bad")
+    for record in result.bad:
+        print(f"  bad: {record.line()}")
+    return 1 if result.bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     describe_parser = commands.add_parser("describe", help="print a summary of a converted data set")
     describe_parser.add_argument("out_dir", help="folder holding <prefix>.json and the shards")
     describe_parser.add_argument("--prefix", default="train")
+    describe_parser.add_argument("--verify", action="store_true",
+                                 help="read every record: unreadable ones, missing fields, labels, images")
     describe_parser.set_defaults(run=describe)
     return parser
 

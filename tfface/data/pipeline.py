@@ -111,8 +111,8 @@ def _read_good_records(files: list[str], skip, training: bool, seed) -> tf.data.
     its first unreadable record, the bad ones left out; "skipped_records" (int32) counts the bad records left out
     just before this one, so the batches' sum over an epoch is the number skipped in it."""
     keys = np.array(sorted(shard << 32 | index for shard, index in skip.skipped_keys()) or [-1], np.int64)
-    bad = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.bool)), False)
-    readable = [skip.readable[path] for path in files]
+    bad = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, np.ones_like(keys)), np.int64(0))
+    readable = np.array([skip.readable[path] for path in files], np.int64)
 
     def numbered(shard, path, count):
         records = tf.data.TFRecordDataset(path).take(count).enumerate()
@@ -126,7 +126,7 @@ def _read_good_records(files: list[str], skip, training: bool, seed) -> tf.data.
 
     def count(skipped_so_far, element):
         key, record = element
-        is_bad = bad.lookup(key)
+        is_bad = bad.lookup(key) > 0
         return tf.where(is_bad, skipped_so_far + 1, 0), (record, skipped_so_far, is_bad)
 
     records = records.scan(tf.constant(0, tf.int32), count)
