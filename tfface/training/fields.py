@@ -10,7 +10,18 @@ from typing import Any, Callable, Dict, Sequence
 
 from tfface.errors import ConfigError
 
-Check = Callable[[str, Any], Any]
+class Check:
+    """allowed: what the check takes, in words; accepts(value) -> bool; convert(value) -> the typed value."""
+
+    def __init__(self, allowed: str, accepts: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v):
+        self.allowed = allowed
+        self.accepts = accepts
+        self.convert = convert
+
+    def __call__(self, key: str, value):
+        if not self.accepts(value):
+            raise ConfigError(f"{key}: {value!r} is not allowed (expected {self.allowed})")
+        return self.convert(value)
 
 
 def field(default, check: Check):
@@ -50,21 +61,6 @@ class Section:
         return getattr(self, key)
 
 
-class _Check:
-    allowed = ""
-
-    def accepts(self, value) -> bool:
-        raise NotImplementedError
-
-    def convert(self, value):
-        return value
-
-    def __call__(self, key: str, value):
-        if not self.accepts(value):
-            raise ConfigError(f"{key}: {value!r} is not allowed (expected {self.allowed})")
-        return self.convert(value)
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -73,23 +69,15 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class _Predicate(_Check):
-    def __init__(self, allowed: str, accepts: Callable[[Any], bool], convert: Callable[[Any], Any] = None):
-        self.allowed = allowed
-        self.accepts = accepts
-        if convert is not None:
-            self.convert = convert
-
-
-text = _Predicate("a non-empty string", lambda value: isinstance(value, str) and bool(value))
-boolean = _Predicate("true or false", lambda value: isinstance(value, bool))
-mapping = _Predicate("a mapping", lambda value: isinstance(value, dict))
-names = _Predicate("a list of names", lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value))
-plugin_list = _Predicate(
+text = Check("a non-empty string", lambda value: isinstance(value, str) and bool(value))
+boolean = Check("true or false", lambda value: isinstance(value, bool))
+mapping = Check("a mapping", lambda value: isinstance(value, dict))
+names = Check("a list of names", lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value))
+plugin_list = Check(
     "a list of mappings, each with a name",
     lambda value: isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value),
 )
-size = _Predicate(
+size = Check(
     "an integer >= 1 or a pair [height, width] of them",
     lambda value: (_is_int(value) and value >= 1)
     or (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value)),
@@ -97,11 +85,11 @@ size = _Predicate(
 )
 
 
-def integer(low: int) -> _Check:
-    return _Predicate(f"an integer >= {low}", lambda value: _is_int(value) and value >= low)
+def integer(low: int) -> Check:
+    return Check(f"an integer >= {low}", lambda value: _is_int(value) and value >= low)
 
 
-def number(low: float, high: float = None, low_open: bool = False, high_open: bool = False) -> _Check:
+def number(low: float, high: float = None, low_open: bool = False, high_open: bool = False) -> Check:
     """A finite number in [low, high] (an open end with low_open / high_open), returned as float."""
     bounds = f"{'>' if low_open else '>='} {low:g}"
     if high is not None:
@@ -112,34 +100,34 @@ def number(low: float, high: float = None, low_open: bool = False, high_open: bo
             return False
         return high is None or value < high or (value == high and not high_open)
 
-    return _Predicate(f"a finite number {bounds}", accepts, float)
+    return Check(f"a finite number {bounds}", accepts, float)
 
 
-def numbers(low: float) -> _Check:
+def numbers(low: float) -> Check:
     element = number(low)
-    return _Predicate(f"a list of finite numbers >= {low:g}",
+    return Check(f"a list of finite numbers >= {low:g}",
                       lambda value: isinstance(value, list) and all(element.accepts(v) for v in value),
                       lambda value: [float(v) for v in value])
 
 
-def choice(values: Sequence) -> _Check:
+def choice(values: Sequence) -> Check:
     shown = ", ".join(str(value) for value in values)
-    return _Predicate(f"one of {shown}", lambda value: any(type(value) is type(v) and value == v for v in values))
+    return Check(f"one of {shown}", lambda value: any(type(value) is type(v) and value == v for v in values))
 
 
-def names_from(allowed: Sequence[str]) -> _Check:
-    return _Predicate(f"a list of names from {', '.join(allowed)}",
+def names_from(allowed: Sequence[str]) -> Check:
+    return Check(f"a list of names from {', '.join(allowed)}",
                       lambda value: isinstance(value, list) and all(v in allowed for v in value))
 
 
-def optional(check: _Check) -> _Check:
-    return _Predicate(f"{check.allowed}, or null", lambda value: value is None or check.accepts(value),
+def optional(check: Check) -> Check:
+    return Check(f"{check.allowed}, or null", lambda value: value is None or check.accepts(value),
                       lambda value: None if value is None else check.convert(value))
 
 
-def one_of(*checks: _Check) -> _Check:
+def one_of(*checks: Check) -> Check:
     def convert(value):
         return next(check for check in checks if check.accepts(value)).convert(value)
 
-    return _Predicate(" or ".join(check.allowed for check in checks),
+    return Check(" or ".join(check.allowed for check in checks),
                       lambda value: any(check.accepts(value) for check in checks), convert)

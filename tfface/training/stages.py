@@ -30,7 +30,7 @@ class Stage:
 STAGE_KEYS = tuple(spec.name for spec in dataclasses.fields(Stage))
 _CHECKS = {
     "epochs": check.integer(1),
-    "name": check._Predicate("a string", lambda value: isinstance(value, str)),
+    "name": check.Check("a string", lambda value: isinstance(value, str)),
     "freeze": check.names_from(FREEZABLE_PARTS),
     "identity_loss": check.boolean,
     "plugins": check.optional(check.names),
