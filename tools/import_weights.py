@@ -83,8 +83,8 @@ def read_faces(folder, count: int, size) -> np.ndarray:
 def write_run_dir(out: Path, backbone, name: str, options: dict, report: dict) -> None:
     """config.yaml, run.json, backbone.weights.h5 and import.json into a temporary folder renamed to `out`."""
     config = load_config(None, [f"backbone.name={name}", f"backbone.options={json.dumps(options)}"])
-    config["name"] = out.name
-    config["work_dir"] = str(out)
+    config.name = out.name
+    config.work_dir = str(out)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
