@@ -374,3 +374,17 @@ def test_a_config_value_of_the_wrong_type_or_range_is_one_line_naming_key_value_
     assert main(["--config", config_file(tmp_path, tiny_data), "--set", override]) == 2
     assert error_lines(capsys) == [f"error: {message}"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_backup_written_before_the_commit_step_existed_resumes(tmp_path, tiny_data, capsys):
+    """Keras' BackupAndRestore layout (latest.weights.h5, metadata {epoch, batch}), as runs started before."""
+    config = config_file(tmp_path, tiny_data)
+    backup = tmp_path / "run" / "backup"
+    assert main(["--config", config, "--set", "train.epochs=1"]) == 0
+    (backup / "epoch-001.weights.h5").rename(backup / "latest.weights.h5")
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    capsys.readouterr()
+    assert main(["--config", config]) == 0
+    output = capsys.readouterr().out
+    assert "Epoch 2/2" in output and "Epoch 1/2" not in output
+    assert sorted(p.name for p in backup.iterdir()) == ["epoch-002.weights.h5", "training_metadata.json"]

@@ -208,7 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               "nothing was exported", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"error: cannot write {error.filename}: [Errno {error.errno}] {error.strerror}", file=sys.stderr)
+        where = f"cannot write {error.filename}: " if error.filename else ""
+        print(f"error: {where}[Errno {error.errno}] {error.strerror}", file=sys.stderr)
         return 1
     return 0
 

@@ -2,8 +2,8 @@
 
 A record is bad when its shard cannot be read there (a truncated shard, flipped bytes: TFRecord's CRC fails; the rest
 of that shard is unreadable too), when it is not a `tf.train.Example`, lacks `label` or `image/encoded`, has a label
-outside [0, num_classes), or its image does not decode. `scan` reads every record of every shard once (the images
-are decoded: about 4,000 small images a second on one core).
+outside [0, num_classes), or its image does not decode. `scan` reads every record of every shard once and decodes
+its image, as one pass of training's input pipeline would.
 """
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Set, Tuple

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
@@ -164,32 +164,33 @@ class EpochCommit(keras.callbacks.Callback):
     def weights_name(epoch: int) -> str:
         return f"epoch-{epoch:03d}.weights.h5"
 
-    def committed_epoch(self) -> int:
-        """The last committed epoch (1-based), 0 when none is."""
+    def committed(self) -> Tuple[int, Optional[str]]:
+        """(last committed epoch, 1-based, and its backup weights file name); (0, None) when none is. A backup
+        written before the commit step existed (Keras' latest.weights.h5, no "weights" in the metadata) reads too."""
         if not os.path.isfile(self.metadata_path):
-            return 0
+            return 0, None
         with open(self.metadata_path) as handle:
-            return int(json.load(handle)["epoch"])
+            metadata = json.load(handle)
+        return int(metadata["epoch"]), metadata.get("weights", "latest.weights.h5")
 
     # --------------------------------------------------------------------------------------------- resume
     def on_train_begin(self, logs=None):
-        epoch = self.committed_epoch()
-        self._reconcile(epoch)
+        epoch, weights = self.committed()
+        self._reconcile(epoch, weights)
         if epoch:
-            self.model.load_weights(os.path.join(self.backup_dir, self.weights_name(epoch)))
+            self.model.load_weights(os.path.join(self.backup_dir, weights))
             self.model._initial_epoch = epoch
 
-    def _reconcile(self, epoch: int) -> None:
-        """Removes what a kill left beyond the committed `epoch`: uncommitted backups, later checkpoints, history
-        rows and partial files."""
-        keep = self.weights_name(epoch) if epoch else None
+    def _reconcile(self, epoch: int, weights: Optional[str]) -> None:
+        """Removes what a kill left beyond the committed `epoch`: backup weights other than its `weights`, later
+        checkpoints and history rows, partial files."""
         for folder in (self.backup_dir, self.checkpoint_dir):
             if folder is None or not os.path.isdir(folder):
                 continue
             for name in os.listdir(folder):
                 if "partial" in name:
                     os.remove(os.path.join(folder, name))
-                elif name.endswith(".weights.h5") and folder == self.backup_dir and name != keep:
+                elif name.endswith(".weights.h5") and folder == self.backup_dir and name != weights:
                     os.remove(os.path.join(folder, name))
                 elif name.endswith(".weights.h5") and folder == self.checkpoint_dir and _epoch_of(name) > epoch:
                     os.remove(os.path.join(folder, name))
@@ -233,8 +234,9 @@ class EpochCommit(keras.callbacks.Callback):
         write_json_atomically({"epoch": epoch, "weights": self.weights_name(epoch)}, self.metadata_path)
 
     def remove_previous(self, epoch: int) -> None:
-        if epoch > 1:
-            _remove_quietly(os.path.join(self.backup_dir, self.weights_name(epoch - 1)))
+        for name in os.listdir(self.backup_dir):
+            if name.endswith(".weights.h5") and name != self.weights_name(epoch):
+                _remove_quietly(os.path.join(self.backup_dir, name))
 
 
 def _epoch_of(name: str) -> int:
