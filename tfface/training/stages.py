@@ -15,7 +15,7 @@ FREEZABLE_PARTS = ("backbone", "head")
 
 
 @dataclasses.dataclass
-class Stage:
+class Stage(check.Section):
     epochs: int
     name: str = ""
     freeze: List[str] = dataclasses.field(default_factory=list)
