@@ -1,5 +1,7 @@
 """benchmarks.bench_evaluate and benchmarks.bench_deploy run on a tiny model and print their Markdown rows (their
 numbers are measurements, not checked here)."""
+import re
+
 from benchmarks.bench_deploy import main as bench_deploy
 from benchmarks.bench_evaluate import main as bench_evaluate
 from tfface.export import export_run
@@ -15,9 +17,12 @@ def test_bench_evaluate_prints_both_rates(tmp_path, capsys):
     model = export_run(write_tiny_run(tmp_path / "run"), tmp_path / "models" / "tiny" / "1")
     assert bench_evaluate(["--model", str(model), "--images", "10", "--batch", "4", "--repeats", "1"]) == 0
     header, row = table_rows(capsys.readouterr().out)
-    assert "bare forward (images/s)" in header[2] and "end to end (images/s)" in header[3]
+    assert header[2].strip() == "bare forward" and header[3].strip() == "end to end"
     assert row[0].strip() == str(model) and row[1].strip() == "4"
-    assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[4]) > 0
+    for cell in (row[2], row[3], row[5]):
+        rate, per_cpu = re.fullmatch(r" ([0-9.]+) images/s \(([0-9.]+) per CPU-s\) ", cell).groups()
+        assert float(rate) > 0 and float(per_cpu) > 0
+    assert float(row[4]) > 0
 
 
 def test_bench_deploy_prints_a_row_per_model(tmp_path, capsys):
