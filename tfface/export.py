@@ -43,7 +43,6 @@ from tfface.embedders import (
     resolve_saved_model,
 )
 from tfface.errors import ConfigError
-from tfface.training.callbacks import non_finite_weights
 RUN_JSON_KEYS = ("backbone", "input_shape", "embedding_size", "config_hash")
 
 
@@ -88,6 +87,10 @@ def build_backbone(run: Dict, weights_path) -> keras.Model:
         backbone.load_weights(str(weights_path))
     except ValueError as error:
         raise ConfigError(f"{weights_path}: does not fit backbone '{run['backbone']}' {options}: {error}") from None
+    # imported here: tfface.training imports tfface.export (the teacher gate reads runs), so a module-level import
+    # makes `import tfface.export` fail on the cycle
+    from tfface.training.callbacks import non_finite_weights
+
     broken = non_finite_weights(backbone)
     if broken:
         raise ConfigError(
