@@ -45,7 +45,8 @@ class OnnxEmbedder:
         self.path = path
         self.description = {"source": str(path), "input_size": list(self.input_size), "runtime": "onnxruntime"}
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def embed_batch(self, images) -> np.ndarray:
+        """uint8 [n, 112, 112, 3] (numpy or tf.Tensor, as tools.evaluate's pipeline gives) -> [n, D] unit rows."""
         from tfface.onnx_import import onnx_embeddings
 
         embeddings = onnx_embeddings(self.path, (np.asarray(images, np.float32) - 127.5) / 128.0)
