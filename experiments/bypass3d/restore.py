@@ -49,7 +49,7 @@ def load_bypass_run(work_dir, checkpoint: Optional[str] = None) -> BypassRun:
         run = json.loads((work_dir / "run.json").read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{work_dir / 'run.json'}: not JSON: {error}") from None
-    if not any(entry.get("name") == "bypass3d" for entry in config.get("branches", [])):
+    if not any(entry.get("name") == "bypass3d" for entry in config.branches):
         raise ConfigError(f"{work_dir / 'config.yaml'}: no 'bypass3d' entry under branches")
     input_shape = tuple(int(size) for size in run["input_shape"])
     trainer = build_trainer(config, int(run["num_classes"]), 1, input_shape)

@@ -73,8 +73,13 @@ def write_json_atomically(data, path: str) -> None:
 
 
 def non_finite_weights(model: keras.Model) -> List[str]:
-    """Paths of the model's weights that hold a NaN or an infinity."""
-    return [weight.path for weight in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight)))]
+    """Paths of the model's weights that hold a NaN or an infinity (every replica's copy or shard is read)."""
+    strategy = model.distribute_strategy
+    return [
+        weight.path
+        for weight in model.weights
+        if not all(np.all(np.isfinite(value)) for value in strategy.experimental_local_results(weight.value))
+    ]
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
