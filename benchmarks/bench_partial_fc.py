@@ -25,6 +25,8 @@ from typing import Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfface import cli  # noqa: E402
+
 HEADS = ("partial", "full")
 GIB = 1024**3
 
@@ -165,6 +167,7 @@ def live_steps(
     return result
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_partial_fc", description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=1_000_000)
@@ -201,9 +204,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = live_steps(
             args.head, args.classes, args.embedding_size, args.batch, args.sample_rate, args.replicas, args.steps
         )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except (MemoryError, tf.errors.ResourceExhaustedError) as error:
         lines = str(error).splitlines() or [""]
         detail = next((line.strip() for line in lines if "OOM when allocating" in line), lines[0])

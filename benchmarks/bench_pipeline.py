@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfface.data.image_io import write_atomic  # noqa: E402
+from tfface import atomic, cli  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.schema import make_example  # noqa: E402
 from tfface.data.writer import ShardedTFRecordWriter, read_description  # noqa: E402
@@ -96,6 +96,7 @@ def markdown_table(rows: Sequence[Dict]) -> str:
     return "\n".join(lines)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
@@ -115,26 +116,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     if min(args.synthetic, args.shards, args.batch, args.batches) < 1:
         print("error: --synthetic, --shards, --batch and --batches must be >= 1", file=sys.stderr)
         return 2
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as scratch:
-            if args.data:
-                data_dirs = [(args.data, Path(args.data))]
-            else:
-                name = f"synthetic {args.synthetic} {args.format} {args.size[0]}x{args.size[1]}"
-                data_dirs = [
-                    (name, write_synthetic(Path(scratch, str(shards)), args.synthetic, args.size, args.format, shards))
-                    for shards in sorted({1, args.shards})
-                ]
-            rows = run_variants(
-                data_dirs, args.prefix, args.batch, args.batches, args.train_images_per_second, tuple(args.size)
-            )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as scratch:
+        if args.data:
+            data_dirs = [(args.data, Path(args.data))]
+        else:
+            name = f"synthetic {args.synthetic} {args.format} {args.size[0]}x{args.size[1]}"
+            data_dirs = [
+                (name, write_synthetic(Path(scratch, str(shards)), args.synthetic, args.size, args.format, shards))
+                for shards in sorted({1, args.shards})
+            ]
+        rows = run_variants(
+            data_dirs, args.prefix, args.batch, args.batches, args.train_images_per_second, tuple(args.size)
+        )
     table = markdown_table(rows)
     print(table)
     if args.markdown:
-        write_atomic(args.markdown, (table + "\n").encode("utf-8"))
+        atomic.write_text(args.markdown, table + "\n")
     return 0
 
 

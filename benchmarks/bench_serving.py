@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_service_pb2_grpc,
 )
 
+from tfface import cli  # noqa: E402
 from serving.client import InputSpec, connect  # noqa: E402
 
 CONTROL_PERIOD = 0.2
@@ -128,6 +129,7 @@ def benchmark(
     }
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="127.0.0.1:8500", help="server host:port")
@@ -142,9 +144,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = benchmark(
             args.target, args.model, args.clients, args.seconds, args.batch, args.signature, args.timeout
         )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except grpc.RpcError as error:
         print(f"error: {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

@@ -22,8 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfface import backbones, heads  # noqa: E402
-from tfface.data.image_io import write_atomic  # noqa: E402
+from tfface import atomic, backbones, cli, heads  # noqa: E402
 from tfface.training import FaceTrainer  # noqa: E402
 from tfface.training.precision import PRECISIONS, precision_scope, wrap_optimizer  # noqa: E402
 from tfface.training.strategy import STRATEGIES, select_strategy  # noqa: E402
@@ -137,6 +136,7 @@ def _check_names(kind: str, names: Sequence[str], known: Sequence[str]) -> None:
         raise ValueError(f"unknown {kind} {', '.join(unknown)}; available: {', '.join(known)}")
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="iresnet18", help=f"one of {', '.join(backbones.available())}")
@@ -162,29 +162,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         "size": tuple(args.size), "classes": args.classes, "warmup": args.warmup, "steps": args.steps,
         "strategy": args.strategy,
     }
-    try:
-        if min([args.batch, *args.batches, args.steps, args.classes]) < 1 or args.warmup < 0:
-            raise ValueError("--batch, --batches, --steps and --classes must be >= 1, --warmup >= 0")
-        if args.compare:
-            _check_names("backbone(s)", args.backbones, backbones.available())
-            _check_names("head(s)", args.heads, heads.available())
-            _check_names("precision(s)", args.precisions, PRECISIONS)
-            print(TABLE_HEADER, flush=True)
-            rows = compare(
-                args.backbones, args.heads, args.precisions, args.batches, head_options,
-                report=lambda row: print(markdown_row(row), flush=True), **common,
-            )
-            table = markdown_table(rows)
-            if args.markdown:
-                write_atomic(args.markdown, (table + "\n").encode("utf-8"))
-            return 0
-        result = benchmark(
-            args.backbone, args.head, args.batch, precision=args.precision,
-            head_options=head_options.get(args.head), **common,
+    if min([args.batch, *args.batches, args.steps, args.classes]) < 1 or args.warmup < 0:
+        raise ValueError("--batch, --batches, --steps and --classes must be >= 1, --warmup >= 0")
+    if args.compare:
+        _check_names("backbone(s)", args.backbones, backbones.available())
+        _check_names("head(s)", args.heads, heads.available())
+        _check_names("precision(s)", args.precisions, PRECISIONS)
+        print(TABLE_HEADER, flush=True)
+        rows = compare(
+            args.backbones, args.heads, args.precisions, args.batches, head_options,
+            report=lambda row: print(markdown_row(row), flush=True), **common,
         )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        table = markdown_table(rows)
+        if args.markdown:
+            atomic.write_text(args.markdown, table + "\n")
+        return 0
+    result = benchmark(
+        args.backbone, args.head, args.batch, precision=args.precision,
+        head_options=head_options.get(args.head), **common,
+    )
     print(
         f"{args.backbone} + {args.head}, {args.precision}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "
         f"{args.classes} classes, {device_name()} x{result['replicas']}: {result['images_per_second']:.1f} images/s "

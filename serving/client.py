@@ -26,7 +26,7 @@ from tensorflow.core.framework import types_pb2  # noqa: E402
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from tfface.data.image_io import write_atomic  # noqa: E402
+from tfface import atomic, cli  # noqa: E402
 from tfface.errors import check_output_folder  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp")
@@ -171,9 +171,9 @@ def save_embeddings(out, embeddings: np.ndarray, files: Sequence[str]) -> Tuple[
         out = out.with_name(out.name + ".npy")
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(embeddings))
-    write_atomic(out, buffer.getvalue())
+    atomic.write_bytes(out, buffer.getvalue())
     listing = out.with_suffix(".txt")
-    write_atomic(listing, "".join(f"{path}\n" for path in files).encode("utf-8"))
+    atomic.write_text(listing, "".join(f"{path}\n" for path in files))
     return out, listing
 
 
@@ -190,6 +190,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -198,9 +199,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.target, args.model, args.paths, batch_size=args.batch_size, signature=args.signature,
             version=args.version, timeout=args.timeout, progress=True,
         )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except grpc.RpcError as error:
         print(f"error: {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

@@ -48,6 +48,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
+from tfface import cli  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
 from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
@@ -375,8 +376,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             max_message_mb=args.max_message_mb, poll_seconds=args.file_system_poll_wait_seconds,
         ).start()
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.user_error(error)
     stop_requested = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda number, frame: stop_requested.set())

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfface.data.image_io import UnreadableImageError, list_files, read_rgb, write_atomic, write_png_atomic
+from tfface.atomic import write_bytes
+from tfface.data.image_io import UnreadableImageError, list_files, read_rgb, write_png_atomic
 
 
 def test_list_files_is_recursive_sorted_and_skips_hidden(tmp_path):
@@ -62,5 +63,5 @@ def test_atomic_writes_leave_only_the_finished_file_with_ordinary_permissions(tm
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
     with pytest.raises(TypeError):  # the write fails half-way: the temporary file goes, nothing else appears
-        write_atomic(tmp_path / "deep" / "other.bin", "text, not bytes")
+        write_bytes(tmp_path / "deep" / "other.bin", "text, not bytes")
     assert sorted(path.name for path in (tmp_path / "deep").iterdir()) == ["crop.png"]

@@ -11,6 +11,7 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
+from tfface.runs import load_backbone
 from tfface.data.landmarks import GENERIC_FACE_5_POINTS_MM, rotation_matrix
 from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
@@ -243,7 +244,7 @@ def test_export_holds_no_discriminator_variables(runs, tmp_path):
     exported = export_run(aprn, tmp_path / "models" / "aprn" / "1")
     reader = tf.train.load_checkpoint(str(exported / "variables" / "variables"))
     stored = [reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if "VARIABLE_VALUE" in key]
-    backbone, _ = pose_probes.load_run_backbone(aprn)
+    backbone = load_backbone(aprn)
 
     def canonical(arrays):
         return sorted((array.shape, array.tobytes()) for array in arrays)

@@ -14,7 +14,6 @@ folds, no flip). A float32 file whose max |diff| exceeds FLOAT32_PARITY is not w
 reported, not judged. The metadata (the SavedModel's, the format, the parity numbers) is FILE.json beside it.
 """
 import hashlib
-import json
 import tempfile
 from pathlib import Path
 from typing import Dict, Optional
@@ -22,7 +21,7 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfface.data.image_io import write_atomic
+from tfface import atomic, runs
 from tfface.data.synth import SynthFaceRenderer, SynthOptions
 from tfface.embedders import (
     DEFAULT_SIGNATURE,
@@ -37,7 +36,7 @@ from tfface.embedders import (
 )
 from tfface.errors import ConfigError
 from tfface.evaluation import PairList, evaluate_pairs, load_images
-from tfface.export import build_backbone, export_backbone, export_metadata, read_run
+from tfface.export import export_backbone, export_metadata
 
 FILE_FORMATS = {file_format: suffix for suffix, file_format in SUFFIX_FORMATS.items()}  # {"tflite": ".tflite", ...}
 QUANTIZE_MODES = ("dynamic", "float16")
@@ -125,8 +124,8 @@ def export_file(work_dir, out_file, file_format: str, quantize: Optional[str] = 
     for path in (out_file, metadata_path(out_file)):
         if path.exists():
             raise ConfigError(f"export target already exists: {path}")
-    run = read_run(work_dir)
-    backbone = build_backbone(run, Path(work_dir) / "backbone.weights.h5")
+    run = runs.read_run(work_dir)
+    backbone = runs.build_backbone(run, Path(work_dir) / runs.BACKBONE_WEIGHTS)
     with tempfile.TemporaryDirectory(prefix="tfface-deploy-") as folder:
         saved_model_dir = export_backbone(backbone, Path(folder) / "savedmodel", export_metadata(run))
         data = onnx_bytes(saved_model_dir) if file_format == "onnx" else tflite_bytes(saved_model_dir, quantize)
@@ -149,8 +148,8 @@ def export_file(work_dir, out_file, file_format: str, quantize: Optional[str] = 
         "size_bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     })
-    write_atomic(metadata_path(out_file), (json.dumps(metadata, indent=2) + "\n").encode())
-    write_atomic(out_file, data)  # after its metadata: a model file present always has its FILE.json
+    atomic.write_json(metadata_path(out_file), metadata)
+    atomic.write_bytes(out_file, data)  # after its metadata: a model file present always has its FILE.json
     return metadata
 
 

@@ -6,8 +6,8 @@
 
 The loaded model is a `tfface.embedders.SavedModelEmbedder`; tfface.deploy converts an export to TFLite or ONNX.
 
-The backbone is rebuilt from the run dir (run.json: backbone name and input shape; config.yaml: backbone options),
-loads RUN/backbone.weights.h5, and is written with `keras.export.ExportArchive`. Nothing else of the run (head,
+The backbone is rebuilt from the run dir (tfface.runs: run.json's backbone name and input shape, config.yaml's
+backbone options), loads RUN/backbone.weights.h5, and is written with `keras.export.ExportArchive`. Nothing else of the run (head,
 regularizer centres, branches, teacher, optimizer state) is built, so none of it can reach the SavedModel.
 
 Signatures (input key "images", output key "embedding", [N, D] float32 L2-normalised rows):
@@ -27,10 +27,9 @@ from typing import Dict, Optional
 
 import keras
 import tensorflow as tf
-import yaml
 
 import tfface
-from tfface import backbones
+from tfface import runs
 from tfface.data.pipeline import normalize_images
 from tfface.embedders import (
     DEFAULT_SIGNATURE,
@@ -43,64 +42,6 @@ from tfface.embedders import (
     resolve_saved_model,
 )
 from tfface.errors import ConfigError
-RUN_JSON_KEYS = ("backbone", "input_shape", "embedding_size", "config_hash")
-
-
-def read_run(work_dir) -> Dict:
-    """run.json of a training work dir plus the backbone options from its config.yaml.
-
-    Returns {backbone, backbone_options, input_shape (H, W, 3), embedding_size, config_hash}; a missing file or
-    field raises ConfigError naming it.
-    """
-    work_dir = Path(work_dir)
-    if not work_dir.is_dir():
-        raise ConfigError(f"work dir not found: {work_dir}")
-    for name in ("run.json", "config.yaml", "backbone.weights.h5"):
-        if not (work_dir / name).is_file():
-            raise ConfigError(f"{work_dir}: no {name} (is it the work dir of a finished training run?)")
-    try:
-        run = json.loads((work_dir / "run.json").read_text())
-        with open(work_dir / "config.yaml") as handle:
-            config = yaml.safe_load(handle) or {}
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"{work_dir}: unreadable run.json or config.yaml: {error}") from None
-    missing = [key for key in RUN_JSON_KEYS if key not in run]
-    if missing:
-        raise ConfigError(f"{work_dir / 'run.json'}: missing field(s) {', '.join(missing)}")
-    options = config.get("backbone", {}).get("options", {})
-    if not isinstance(options, dict):
-        raise ConfigError(f"{work_dir / 'config.yaml'}: backbone.options must be a mapping, got {options!r}")
-    return {
-        "backbone": run["backbone"],
-        "backbone_options": options,
-        "input_shape": [int(size) for size in run["input_shape"]],
-        "embedding_size": int(run["embedding_size"]),
-        "config_hash": run["config_hash"],
-    }
-
-
-def build_backbone(run: Dict, weights_path) -> keras.Model:
-    """The run's backbone with its trained weights; its embedding size must match run.json."""
-    options = {**run["backbone_options"], "input_shape": tuple(run["input_shape"])}
-    backbone = backbones.get_backbone(run["backbone"], **options)
-    try:
-        backbone.load_weights(str(weights_path))
-    except ValueError as error:
-        raise ConfigError(f"{weights_path}: does not fit backbone '{run['backbone']}' {options}: {error}") from None
-    # imported here: tfface.training imports tfface.export (the teacher gate reads runs), so a module-level import
-    # makes `import tfface.export` fail on the cycle
-    from tfface.training.callbacks import non_finite_weights
-
-    broken = non_finite_weights(backbone)
-    if broken:
-        raise ConfigError(
-            f"{weights_path}: {len(broken)} weight(s) hold NaN or infinity ({', '.join(broken[:3])}): the run "
-            "diverged; export an earlier checkpoint's run or train again with a lower learning rate"
-        )
-    size = int(backbone.output["embedding"].shape[-1])
-    if size != run["embedding_size"]:
-        raise ConfigError(f"run.json says embedding_size {run['embedding_size']} but the backbone gives {size}")
-    return backbone
 
 
 def embedding_archive(backbone: keras.Model) -> keras.export.ExportArchive:
@@ -173,8 +114,8 @@ def export_metadata(run: Dict) -> Dict:
 
 def export_run(work_dir, out_dir) -> Path:
     """Exports the embedding path of training run `work_dir` as a SavedModel at `out_dir`; returns `out_dir`."""
-    run = read_run(work_dir)
-    backbone = build_backbone(run, Path(work_dir) / "backbone.weights.h5")
+    run = runs.read_run(work_dir)
+    backbone = runs.build_backbone(run, Path(work_dir) / runs.BACKBONE_WEIGHTS)
     return export_backbone(backbone, out_dir, export_metadata(run))
 
 

@@ -35,12 +35,12 @@ from PIL import Image, ImageDraw
 from tfface.data import detection
 from tfface.data.alignment import (alignment_matrix, arcface_template, centre_crop_matrix, transform_points,
                                    warp_similarity)
-from tfface.data.image_io import list_files, write_atomic, write_png_atomic
+from tfface import atomic, cli
+from tfface.data.image_io import list_files, write_png_atomic
 from tfface.data.landmarks import estimate_pose
 from tools.annotate import (Annotation, add_detector_arguments, check_detector_arguments, detect_files,
                             write_annotation_csv)
 
-EXIT_INPUT_ERROR = 2
 DEFAULT_SIZES = ((112, 112), (112, 96))
 CHUNK_SIZE = 32
 PREVIEW_ROWS = 8
@@ -134,7 +134,7 @@ def write_preview(path, strips: list[Image.Image]) -> None:
         sheet.paste(strip, (0, row * (PREVIEW_SOURCE_HEIGHT + 4)))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
-    write_atomic(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def write_report(path, rows: list[dict]) -> None:
@@ -142,7 +142,7 @@ def write_report(path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=REPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode("utf-8"))
+    atomic.write_text(path, buffer.getvalue())
 
 
 def _chunks(items, size: int):
@@ -265,7 +265,7 @@ def summarise(root: Path, out_dir: Path, sizes, rows: list[dict]) -> int:
         print("\n".join(f"  {root / row['path']}: {row['detail']}" for row in by_status["skipped"]))
     if written == 0:
         print(f"align: error: no image of {root} was aligned or cropped", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+        return cli.EXIT_INPUT_ERROR
     return 0
 
 
@@ -285,16 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli.command(name="align")
 def main(argv=None) -> int:
     """Console entry point; returns the exit status (2 with one line on bad input)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    try:
-        check_detector_arguments(args)
-        return align(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
-        print(f"align: error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    check_detector_arguments(args)
+    return align(args)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from tfface.data import detection
 from tfface.data.folder import read_annotation_csv
-from tfface.data.image_io import DEFAULT_MAX_PIXELS, UnreadableImageError, list_files, read_rgb, write_atomic
+from tfface import atomic, cli
+from tfface.data.image_io import DEFAULT_MAX_PIXELS, UnreadableImageError, list_files, read_rgb
 from tfface.data.landmarks import (estimate_pose, eye_centre_distance, five_from_68, interocular_distance,
                                    normalised_mean_error)
 
-EXIT_INPUT_ERROR = 2
 NME_FAILURE_THRESHOLD = 0.1
 DEFAULT_DETECT_BATCH = 32
 
@@ -75,7 +75,7 @@ def write_annotation_csv(path, annotations: list[Annotation], num_points: int = 
             raise ValueError(f"{row.path}: landmarks must be [{num_points}, 2], got {list(row.landmarks.shape)}")
         writer.writerow([row.path, *(f"{value:.2f}" for value in row.landmarks.reshape(-1)),
                          *(f"{angle:.2f}" for angle in row.pose)])
-    write_atomic(path, buffer.getvalue().encode("utf-8"))
+    atomic.write_text(path, buffer.getvalue())
 
 
 def detect_files(root, files: list[str], detector, max_pixels: int = DEFAULT_MAX_PIXELS, description="detect",
@@ -213,16 +213,13 @@ def check_detector_arguments(args: argparse.Namespace) -> None:
     args.max_side = args.max_side or None
 
 
+@cli.command(name="annotate")
 def main(argv=None) -> int:
     """Console entry point; returns the exit status (2 with one line on bad input)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    try:
-        check_detector_arguments(args)
-        return annotate(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
-        print(f"annotate: error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    check_detector_arguments(args)
+    return annotate(args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tfface.training.callbacks import write_json_atomically  # noqa: E402
+from tfface import atomic  # noqa: E402
 from tfface.training.config import load_config  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "trainers" / "configs" / "demo_synthfaces.yaml"
@@ -142,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "outputs": {"model": str(version_dir), "report": str(report_dir / "report.md"),
                     "samples": str(out / "samples.png")},
     }
-    write_json_atomically(summary, str(out / "summary.json"))
+    atomic.write_json(out / "summary.json", summary)
     banner("summary")
     print(
         f"training accuracy {summary['training'].get('accuracy', float('nan')):.3f}, "

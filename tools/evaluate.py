@@ -47,6 +47,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from serving import client  # noqa: E402
+from tfface import cli  # noqa: E402
 from tfface.embedders import DEFAULT_SIGNATURE, load_embedder  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation import (  # noqa: E402
@@ -288,6 +289,7 @@ def summary_line(name: str, entry: Dict) -> str:
     )
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -307,9 +309,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 benchmark, embedder, args.flip, args.pca, args.folds, args.batch_size
             )
             print(summary_line(benchmark.name, entries[benchmark.name]))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except grpc.RpcError as error:
         print(f"error: --target {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

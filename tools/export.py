@@ -18,6 +18,7 @@ from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfface import cli  # noqa: E402
 from tfface.deploy import FILE_FORMATS, QUANTIZE_MODES, ParityError, export_file  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder  # noqa: E402
 from tfface.evaluation import read_pairs_csv  # noqa: E402
@@ -68,9 +69,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         print(export_savedmodel(args) if args.format == "savedmodel" else export_deployable(args))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except cli.USER_ERRORS as error:  # before OSError: a missing input (FileNotFoundError) is no write failure
+        return cli.user_error(error)
     except ParityError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

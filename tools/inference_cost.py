@@ -9,7 +9,6 @@ TensorFlow's profiler on the signature with its variables frozen to constants (s
 Models that cost the same print the same numbers.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -17,7 +16,7 @@ from typing import Dict, List
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
-from tfface.data.image_io import write_atomic
+from tfface import atomic, cli
 from tfface.export import INPUT_KEY, NORMALIZED_SIGNATURE
 
 CHECKPOINT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -75,19 +74,16 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        reports = [cost(model, args.signature) for model in args.models]
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    reports = [cost(model, args.signature) for model in args.models]
     for report in reports:
         print(f"{report['model']}: {report['variables']} variables, {report['parameters']} parameters, "
               f"{report['flops_per_image']} FLOPs per image; training-only variables: "
               f"{report['training_only_variables'] or 'none'}")
     if args.out:
-        write_atomic(args.out, (json.dumps(reports, indent=2) + "\n").encode())
+        atomic.write_json(args.out, reports)
     return 0
 
 

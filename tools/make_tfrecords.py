@@ -24,12 +24,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tfface import cli
 from tfface.data.folder import read_annotation_csv, scan_image_folder
 
 # TensorFlow (through tfface.data.schema and .writer) is imported only inside the commands, after the input
 # checks: a bad command line then fails fast with one line instead of TensorFlow's start-up log.
 
-EXIT_INPUT_ERROR = 2
 IMAGE_FORMATS = ("png", "jpeg")
 HISTOGRAM_BINS = 10
 HISTOGRAM_WIDTH = 40
@@ -241,14 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli.command(errors=(*cli.USER_ERRORS, InputError), name="make_tfrecords")
 def main(argv=None) -> int:
     """Console entry point (tfface-make-tfrecords); returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (InputError, FileNotFoundError, NotADirectoryError, ValueError) as error:
-        print(f"make_tfrecords: error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_INPUT_ERROR = 2
+from tfface import cli
+
 PREVIEW_COLUMNS = 8
 
 
@@ -82,7 +83,7 @@ def save_preview(path, rendered: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tfface.data.image_io import write_figure_atomic
+    from tfface import atomic
     from tfface.data.synth import five_point_landmarks
 
     count = len(rendered["image"])
@@ -103,17 +104,14 @@ def save_preview(path, rendered: dict) -> None:
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
-    write_figure_atomic(path, figure, dpi=70)
+    atomic.write_figure(path, figure, dpi=70)
     plt.close(figure)
 
 
+@cli.command
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        _check(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    _check(args)
 
     from tfface.data.synth import SynthFaceRenderer, SynthOptions, generate
 

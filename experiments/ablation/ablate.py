@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from tfface.data.image_io import write_atomic  # noqa: E402
+from tfface import atomic, cli  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 
 GRID_KEYS = {"base", "seeds", "benchmarks", "overrides", "cells", "out"}
@@ -159,7 +159,6 @@ def run_cell(grid: Grid, cell: Cell, seed: int, out_dir) -> Dict:
     import keras
 
     from tfface.export import export_run
-    from tfface.training.callbacks import write_json_atomically
     from trainers.train import prepare, train
 
     config = cell_config(grid, cell, seed, out_dir)
@@ -186,7 +185,7 @@ def run_cell(grid: Grid, cell: Cell, seed: int, out_dir) -> Dict:
         "steps_per_second": steps / seconds if steps else None,
         "benchmarks": evaluate_export(export_dir, grid.benchmarks),
     }
-    write_json_atomically(result, str(work_dir / RESULT_FILE))
+    atomic.write_json(work_dir / RESULT_FILE, result)
     keras.backend.clear_session()
     return result
 
@@ -246,8 +245,8 @@ def write_report(grid: Grid, grid_path, table: Dict, prefix) -> None:
     )
     payload = {"grid": str(grid_path), "base": grid.base, "seeds": grid.seeds, "benchmarks": grid.benchmarks,
                "overrides": grid.overrides, "cells": table}
-    write_atomic(prefix.with_suffix(".md"), text.encode("utf-8"))
-    write_atomic(prefix.with_suffix(".json"), (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
+    atomic.write_text(prefix.with_suffix(".md"), text)
+    atomic.write_json(prefix.with_suffix(".json"), payload)
 
 
 def run_grid(grid_path, out_dir=None, report=None) -> Dict:
@@ -283,6 +282,7 @@ def run_grid(grid_path, out_dir=None, report=None) -> Dict:
     return table
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.ablation.ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", required=True, help="grid YAML (see the module docstring)")
@@ -290,11 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--report", help="also write the tables as REPORT.md and REPORT.json "
                         "(e.g. experiments/ablation/results/ablation_synth)")
     args = parser.parse_args(argv)
-    try:
-        run_grid(args.grid, args.out, args.report)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    run_grid(args.grid, args.out, args.report)
     return 0
 
 

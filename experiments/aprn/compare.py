@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+from tfface import atomic, cli, runs  # noqa: E402
 from tfface.backbones.blocks import STAGE_KEYS  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation.pose_probes import (  # noqa: E402
@@ -27,13 +28,11 @@ from tfface.evaluation.pose_probes import (  # noqa: E402
     embed,
     fit_and_test_sets,
     landmark_probe,
-    load_run_backbone,
     pose_classes,
     pose_probe,
     read_probe_set,
     split_by_identity,
 )
-from tfface.training.callbacks import write_json_atomically  # noqa: E402
 from tfface.training.verification_callback import verify_backbone  # noqa: E402
 
 
@@ -49,7 +48,8 @@ def parse_runs(items: List[str]) -> Dict[str, str]:
 
 def evaluate_run(work_dir: str, args: argparse.Namespace) -> Dict:
     """The three measurements of one run (same split and seeds for every run)."""
-    backbone, data = load_run_backbone(work_dir)
+    backbone = runs.load_backbone(work_dir)
+    data = runs.read_config(work_dir)["data"]
     faces = read_probe_set(args.data, args.prefix, data.get("image_size"), data.get("crop_size"))
     if faces.yaw is None or faces.landmarks is None:
         raise ConfigError(f"{args.data}/{args.prefix}: the probes need landmarks (and pose or landmark symmetry)")
@@ -116,19 +116,16 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        runs = parse_runs(args.runs)
-        results = {name: evaluate_run(work_dir, args) for name, work_dir in runs.items()}
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    work_dirs = parse_runs(args.runs)
+    results = {name: evaluate_run(work_dir, args) for name, work_dir in work_dirs.items()}
     print(markdown_table(results, args.stages))
     if args.out:
         settings = {key: value for key, value in vars(args).items() if key != "out"}
-        report = {"settings": settings, "runs": runs, "results": results}
-        write_json_atomically(json.loads(json.dumps(report, default=_plain)), args.out)
+        report = {"settings": settings, "runs": work_dirs, "results": results}
+        atomic.write_json(args.out, json.loads(json.dumps(report, default=_plain)))
     return 0
 
 

@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from tfface import cli  # noqa: E402
 from tfface.branches.mean_landmarks import frontal_mean_landmarks, save_mean_landmarks, symmetry_yaw  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
@@ -101,24 +102,21 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        settings = _from_config(args.config, args.overrides) if args.config else {}
-        given = {"data": args.data, "prefix": args.prefix, "image_size": args.image_size,
-                 "crop_size": args.crop_size, "out": args.out}
-        settings.update({key: value for key, value in given.items() if value is not None})
-        if not settings.get("data"):
-            raise ConfigError("give --data (or --config with data.train)")
-        if not settings.get("out"):
-            raise ConfigError("give --out (or --config with an aprn branch whose options.mean_landmarks is a path)")
-        values, metadata = compute_mean_landmarks(
-            settings["data"], settings.get("prefix") or "train", settings.get("image_size"), settings.get("crop_size"),
-            max_yaw=args.max_yaw, yaw_from=args.yaw_from,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    settings = _from_config(args.config, args.overrides) if args.config else {}
+    given = {"data": args.data, "prefix": args.prefix, "image_size": args.image_size,
+             "crop_size": args.crop_size, "out": args.out}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    if not settings.get("data"):
+        raise ConfigError("give --data (or --config with data.train)")
+    if not settings.get("out"):
+        raise ConfigError("give --out (or --config with an aprn branch whose options.mean_landmarks is a path)")
+    values, metadata = compute_mean_landmarks(
+        settings["data"], settings.get("prefix") or "train", settings.get("image_size"), settings.get("crop_size"),
+        max_yaw=args.max_yaw, yaw_from=args.yaw_from,
+    )
     save_mean_landmarks(settings["out"], values, **metadata)
     print(
         f"l_mean of {metadata['num_frontal']} frontal faces (|yaw| <= {args.max_yaw:g} deg from {metadata['yaw_from']}) "

@@ -11,7 +11,6 @@ coordinates ((x / w, y / h) units), the same relative to the best constant predi
 per coordinate in pixels. A higher error means the stage keeps less pose.
 """
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional
@@ -21,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from tfface.backbones.blocks import STAGE_KEYS  # noqa: E402
-from tfface.evaluation.pose_probes import fit_and_test_sets, landmark_probe, load_run_backbone  # noqa: E402
+from tfface import atomic, cli, runs  # noqa: E402
+from tfface.evaluation.pose_probes import fit_and_test_sets, landmark_probe  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -44,29 +44,26 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        backbone, data = load_run_backbone(args.work_dir)
-        fit, test = fit_and_test_sets(args.data, args.fit_prefix, args.prefix, args.holdout, args.seed,
-                                      data.get("image_size"), data.get("crop_size"))
-        keras.utils.set_random_seed(args.seed)
-        results = landmark_probe(
-            backbone, fit, test, stages=args.stages, width_multiplier=args.width_multiplier, epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    backbone = runs.load_backbone(args.work_dir)
+    data = runs.read_config(args.work_dir)["data"]
+    fit, test = fit_and_test_sets(args.data, args.fit_prefix, args.prefix, args.holdout, args.seed,
+                                  data.get("image_size"), data.get("crop_size"))
+    keras.utils.set_random_seed(args.seed)
+    results = landmark_probe(
+        backbone, fit, test, stages=args.stages, width_multiplier=args.width_multiplier, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+    )
     print(f"landmark probe of {args.work_dir}: fitted on {len(fit.labels)} faces, evaluated on {len(test.labels)}")
     print("| stage | L1 per face | relative to a constant | pixel error | train L1 |\n|---|---|---|---|---|")
     for stage, numbers in results.items():
         print(f"| {stage} | {numbers['l1']:.4f} | {numbers['relative_l1']:.3f} | {numbers['pixel_error']:.3f} | "
               f"{numbers['train_l1']:.4f} |")
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump({"work_dir": args.work_dir, "data": args.data, "fit_prefix": args.fit_prefix,
-                       "prefix": args.prefix, "stages": results}, handle, indent=2)
+        atomic.write_json(args.out, {"work_dir": args.work_dir, "data": args.data, "fit_prefix": args.fit_prefix,
+                                     "prefix": args.prefix, "stages": results})
     return 0
 
 

@@ -10,18 +10,17 @@ pose-invariant embeddings. With --pairs P it also reports 10-fold verification a
 (half genuine; flip test as insightface), the cross-pose accuracy APRN should keep.
 """
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfface import atomic, cli, runs  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation.pose_probes import (  # noqa: E402
     cross_pose_verification,
     embed,
-    load_run_backbone,
     pose_classes,
     pose_probe,
     read_probe_set,
@@ -44,24 +43,22 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        backbone, data = load_run_backbone(args.work_dir)
-        faces = read_probe_set(args.data, args.prefix, data.get("image_size"), data.get("crop_size"))
-        if faces.yaw is None:
-            raise ConfigError(f"{args.data}/{args.prefix}: neither pose nor landmarks, so no yaw")
-        classes = pose_classes(faces.yaw, args.frontal_max, args.profile_min)
-        held_out = split_by_identity(faces.labels, args.holdout, args.seed)
-        result = pose_probe(embed(backbone, faces.images_facing_one_side()), classes, held_out, C=args.C,
-                            seed=args.seed)
-        if args.pairs:
-            verification = cross_pose_verification(backbone, faces, classes, args.pairs, args.seed)
-            result["cross_pose_accuracy"] = verification["accuracy_mean"]
-            result["cross_pose_accuracy_std"] = verification["accuracy_std"]
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    backbone = runs.load_backbone(args.work_dir)
+    data = runs.read_config(args.work_dir)["data"]
+    faces = read_probe_set(args.data, args.prefix, data.get("image_size"), data.get("crop_size"))
+    if faces.yaw is None:
+        raise ConfigError(f"{args.data}/{args.prefix}: neither pose nor landmarks, so no yaw")
+    classes = pose_classes(faces.yaw, args.frontal_max, args.profile_min)
+    held_out = split_by_identity(faces.labels, args.holdout, args.seed)
+    result = pose_probe(embed(backbone, faces.images_facing_one_side()), classes, held_out, C=args.C,
+                        seed=args.seed)
+    if args.pairs:
+        verification = cross_pose_verification(backbone, faces, classes, args.pairs, args.seed)
+        result["cross_pose_accuracy"] = verification["accuracy_mean"]
+        result["cross_pose_accuracy_std"] = verification["accuracy_std"]
     print(
         f"pose probe of {args.work_dir}: linear SVM frontal (|yaw| <= {args.frontal_max:g}) vs profile "
         f"(|yaw| >= {args.profile_min:g}, yaw from {faces.yaw_source}): val {result['val_accuracy']:.4f} / train "
@@ -71,8 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"frontal-profile verification on {args.pairs} pairs: {result['cross_pose_accuracy']:.4f} "
               f"+- {result['cross_pose_accuracy_std']:.4f}")
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump({"work_dir": args.work_dir, "data": args.data, "prefix": args.prefix, **result}, handle, indent=2)
+        atomic.write_json(args.out, {"work_dir": args.work_dir, "data": args.data, "prefix": args.prefix, **result})
     return 0
 
 

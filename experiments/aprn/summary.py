@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tfface.training.callbacks import write_json_atomically  # noqa: E402
+from tfface import atomic, cli  # noqa: E402
 
 MEASURES = {
     "pose-probe SVM accuracy": lambda result, stage: result["pose_probe"]["val_accuracy"],
@@ -95,6 +95,7 @@ def markdown_table(summary: Dict) -> str:
     return "\n".join(lines)
 
 
+@cli.command(errors=(*cli.USER_ERRORS, KeyError))
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.aprn.summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", help="aprn_compare --out JSON files, one per training seed")
@@ -102,14 +103,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--reference", help="run the claims are checked against (default: the first run)")
     parser.add_argument("--out", help="JSON file for the summary")
     args = parser.parse_args(argv)
-    try:
-        summary = summarize(read_reports(args.reports), args.stage, args.reference)
-    except (ValueError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    summary = summarize(read_reports(args.reports), args.stage, args.reference)
     print(markdown_table(summary))
     if args.out:
-        write_json_atomically(summary, args.out)
+        atomic.write_json(args.out, summary)
     return 0
 
 

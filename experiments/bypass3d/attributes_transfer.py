@@ -15,7 +15,6 @@ the training examples. Reported: the mean accuracy over attributes on the test s
 one row per --init and one column per fraction (plus the JSON next to it).
 """
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,11 +23,8 @@ from typing import Dict, List, Sequence, Tuple
 import keras
 import numpy as np
 
-from tfface import backbones
-from tfface.data.image_io import write_atomic
+from tfface import atomic, cli, runs
 from tfface.data.pipeline import make_dataset
-from tfface.errors import ConfigError
-from tfface.export import build_backbone, read_run
 
 SCRATCH = "scratch"
 
@@ -86,7 +82,7 @@ def mean_attribute_accuracy(logits, labels) -> float:
 def transfer(run: Dict, weights_path, data, fraction: float, args) -> float:
     """Fine-tunes one (init, fraction) cell and returns its test accuracy (%)."""
     keras.utils.set_random_seed(args.seed)
-    backbone = build_backbone(run, weights_path) if weights_path else _fresh_backbone(run)
+    backbone = runs.build_backbone(run, weights_path)
     (train_images, train_labels), (test_images, test_labels) = data
     model = attribute_model(backbone, train_labels.shape[1], args.hidden)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
@@ -95,11 +91,6 @@ def transfer(run: Dict, weights_path, data, fraction: float, args) -> float:
     model.fit(train_images[chosen], train_labels[chosen], batch_size=args.batch_size, epochs=args.epochs,
               shuffle=True, verbose=0)
     return mean_attribute_accuracy(model.predict(test_images, batch_size=256, verbose=0), test_labels)
-
-
-def _fresh_backbone(run: Dict) -> keras.Model:
-    options = {**run["backbone_options"], "input_shape": tuple(run["input_shape"])}
-    return backbones.get_backbone(run["backbone"], **options)
 
 
 def markdown_table(results: Dict[str, Dict[str, float]], fractions: Sequence[float]) -> str:
@@ -115,9 +106,9 @@ def run_transfer(args) -> Dict:
     inits = parse_inits(args.init)
     if not args.fractions or any(not 0.0 < fraction <= 1.0 for fraction in args.fractions):
         raise ValueError(f"--fractions must lie in (0, 1], got {args.fractions}")
-    runs = {name: read_run(path) for name, path in inits if path}
-    reference = next(iter(runs.values()))
-    for name, run in runs.items():
+    read = {name: runs.read_run(path) for name, path in inits if path}
+    reference = next(iter(read.values()))
+    for name, run in read.items():
         if (run["backbone"], run["input_shape"]) != (reference["backbone"], reference["input_shape"]):
             raise ValueError(f"--init {name}: backbone {run['backbone']} {run['input_shape']} differs from "
                              f"{reference['backbone']} {reference['input_shape']}; compare like with like")
@@ -129,8 +120,8 @@ def run_transfer(args) -> Dict:
                          f"{args.test_prefix} {test[1].shape[1]}")
     results = {}
     for name, path in inits:
-        run = runs.get(name, reference)
-        weights = Path(path) / "backbone.weights.h5" if path else None
+        run = read.get(name, reference)
+        weights = Path(path) / runs.BACKBONE_WEIGHTS if path else None
         results[name] = {str(fraction): transfer(run, weights, (train, test), fraction, args)
                          for fraction in args.fractions}
         print(f"{name}: " + ", ".join(f"{fraction}: {value:.2f}" for fraction, value in results[name].items()))
@@ -161,20 +152,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.epochs < 1 or args.batch_size < 1 or args.hidden < 1:
-            raise ValueError("--epochs, --batch-size and --hidden must be >= 1")
-        report = run_transfer(args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.epochs < 1 or args.batch_size < 1 or args.hidden < 1:
+        raise ValueError("--epochs, --batch-size and --hidden must be >= 1")
+    report = run_transfer(args)
     print(report["table"])
     if args.out:
         out = Path(args.out)
-        write_atomic(out, (report["table"] + "\n").encode())
-        write_atomic(out.with_suffix(".json"), (json.dumps(report, indent=2) + "\n").encode())
+        atomic.write_text(out, report["table"] + "\n")
+        atomic.write_json(out.with_suffix(".json"), report)
     return 0
 
 

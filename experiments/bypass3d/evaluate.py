@@ -15,7 +15,6 @@ Reported, on the examples of --prefix (the canonical maps at the branch's map si
 Needs data with "depth", "albedo", "light" and "pose" (SynthFaces).
 """
 import argparse
-import json
 import math
 import sys
 from typing import Dict
@@ -23,11 +22,9 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from tfface import rendering
-from tfface.data.image_io import write_atomic
+from tfface import cli, rendering
 from tfface.data.pipeline import make_dataset
 from tfface.data.synth import DEPTH_RANGE
-from tfface.errors import ConfigError
 from experiments.bypass3d.restore import load_bypass_run, reconstructions
 
 FEATURES = ("depth", "albedo", "light", "pose")
@@ -150,17 +147,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        report = evaluate(args.run, args.data, args.prefix, args.train_prefix, args.checkpoint)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        write_atomic(args.out, (text + "\n").encode())
+    report = evaluate(args.run, args.data, args.prefix, args.train_prefix, args.checkpoint)
+    cli.emit_json(report, args.out)
     return 0
 
 

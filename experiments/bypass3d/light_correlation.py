@@ -18,7 +18,6 @@ brightness of the image.
 """
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -28,8 +27,7 @@ from PIL import Image
 from scipy import stats
 
 from tfface.data.pipeline import normalize_images
-from tfface.data.image_io import write_atomic, write_figure_atomic
-from tfface.errors import ConfigError
+from tfface import atomic, cli
 from experiments.bypass3d.restore import load_bypass_run
 
 COLUMNS = ("path", "subject", "light_azimuth_deg", "light_elevation_deg")
@@ -142,7 +140,7 @@ def plot(points, path) -> None:
         axis.set_title(f"{name}: Pearson r = {r:.2f}")
         figure.colorbar(scatter, ax=axis, label=f"recorded {other}")
     figure.tight_layout()
-    write_figure_atomic(path, figure, dpi=110)
+    atomic.write_figure(path, figure, dpi=110)
     plt.close(figure)
 
 
@@ -158,18 +156,12 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv=None) -> int:
     args = parse_args(argv)
     subjects = [name.strip() for name in args.subjects.split(",") if name.strip()] if args.subjects else None
-    try:
-        report, points = light_report(args.run, args.yaleb, subjects, args.checkpoint)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out_json:
-        write_atomic(args.out_json, (text + "\n").encode())
+    report, points = light_report(args.run, args.yaleb, subjects, args.checkpoint)
+    cli.emit_json(report, args.out_json)
     if args.out_png:
         plot(points, args.out_png)
     return 0

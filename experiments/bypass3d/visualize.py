@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tfface import rendering
+from tfface import cli, rendering
 from tfface.data.synth import DEPTH_RANGE
 from tfface.data.writer import read_description
-from tfface.errors import ConfigError
 from experiments.bypass3d.restore import load_bypass_run, reconstructions
 
 # Fixed light of the shaded depth views: from the upper left (travelling right and down), as (l_dx, l_dy).
@@ -98,17 +97,14 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.count < 1 or args.first < 0 or args.stride < 1:
         print(f"error: need --count >= 1, --first >= 0, --stride >= 1; got {args.count}, {args.first}, {args.stride}",
               file=sys.stderr)
         return 2
-    try:
-        figure = make_figure(args.run, args.data, args.prefix, args.count, args.checkpoint, args.first, args.stride)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    figure = make_figure(args.run, args.data, args.prefix, args.count, args.checkpoint, args.first, args.stride)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     figure.save(args.out)
     print(f"wrote {args.out}")

@@ -9,23 +9,20 @@ the run's resize and centre crop, no flip). The model is the run's trainer rebui
 weights of --weights (default: the newest checkpoints/epoch-*.weights.h5); its `frontal_decoder` branch draws.
 """
 import argparse
-import glob
-import json
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
+from tfface import cli  # noqa: E402
 from tfface.branches.frontal_decoder import FrontalDecoder  # noqa: E402
 from tfface.data.image_io import write_png_atomic  # noqa: E402
 from tfface.data.pipeline import denormalize_images, make_dataset  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
-from tfface.training.builder import build_trainer  # noqa: E402
+from tfface.training.builder import restore_trainer  # noqa: E402
 
 PADDING = 2
 
@@ -65,27 +62,11 @@ def one_image_per_class(data_dir, prefix: str, count: int, image_size, crop_size
     return np.stack([chosen[label] for label in range(count)])
 
 
-def newest_checkpoint(work_dir) -> str:
-    checkpoints = sorted(glob.glob(os.path.join(work_dir, "checkpoints", "epoch-*.weights.h5")))
-    if not checkpoints:
-        raise ConfigError(f"{work_dir}: no checkpoints/epoch-*.weights.h5 (train with checkpoint_every_epoch)")
-    return checkpoints[-1]
-
-
 def load_decoder_run(work_dir, weights: Optional[str] = None):
     """(trainer, its FrontalDecoder branch, resolved config) of a training run, with the checkpoint's weights."""
-    work_dir = Path(work_dir)
-    for name in ("config.yaml", "run.json"):
-        if not (work_dir / name).is_file():
-            raise ConfigError(f"{work_dir}: no {name} (is it the work dir of a training run?)")
-    config = yaml.safe_load((work_dir / "config.yaml").read_text())
-    run = json.loads((work_dir / "run.json").read_text())
-    trainer = build_trainer(config, run["num_classes"], 1, tuple(run["input_shape"]))
-    decoders = [branch for branch in trainer.branches if isinstance(branch, FrontalDecoder)]
-    if not decoders:
-        raise ConfigError(f"{work_dir}: the run has no frontal_decoder branch")
-    trainer.load_weights(weights or newest_checkpoint(work_dir))
-    return trainer, decoders[0], config
+    trainer, config, _ = restore_trainer(work_dir, weights, branch="frontal_decoder")
+    decoder = next(branch for branch in trainer.branches if isinstance(branch, FrontalDecoder))
+    return trainer, decoder, config
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -101,18 +82,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.count < 1 or args.scale < 1:
-            raise ConfigError(f"--count and --scale must be positive, got {args.count} and {args.scale}")
-        trainer, decoder, config = load_decoder_run(args.work_dir, args.weights)
-        images = one_image_per_class(
-            args.data, args.prefix, args.count, config["data"]["image_size"], config["data"]["crop_size"]
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.count < 1 or args.scale < 1:
+        raise ConfigError(f"--count and --scale must be positive, got {args.count} and {args.scale}")
+    trainer, decoder, config = load_decoder_run(args.work_dir, args.weights)
+    images = one_image_per_class(
+        args.data, args.prefix, args.count, config["data"]["image_size"], config["data"]["crop_size"]
+    )
     embeddings = trainer.backbone(images, training=False)["embedding"]
     generated = denormalize_images(decoder.generate(embeddings)).numpy()
     inputs = denormalize_images(decoder.target_images(images)).numpy()

@@ -7,7 +7,6 @@ centre crop, no flip); for each k it reports the kept fraction of all examples, 
 true_label) and the dropped fraction of the noisy ones, as JSON on stdout (and in --out).
 """
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -15,9 +14,8 @@ from typing import Dict, List, Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
-from tfface.data.image_io import write_atomic  # noqa: E402
+from tfface import cli, runs  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
@@ -37,8 +35,7 @@ def teacher_gate_statistics(
             f"--teacher has {gate.teacher['num_classes']} classes, --data {description['num_classes']}"
         )
     gate.build_teacher()
-    with open(os.path.join(teacher_dir, "config.yaml")) as handle:
-        data_config = (yaml.safe_load(handle) or {}).get("data", {})
+    data_config = runs.read_config(teacher_dir)["data"]
     dataset = make_dataset(
         data_dir, prefix=prefix, batch_size=batch_size, training=False, flip=False,
         image_size=data_config.get("image_size"), crop_size=data_config.get("crop_size"), features=("true_label",),
@@ -69,19 +66,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        if min(args.k) < 1:
-            raise ConfigError(f"--k values must be positive integers, got {args.k}")
-        report = teacher_gate_statistics(args.teacher, args.data, args.prefix, args.k, args.batch_size)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        write_atomic(args.out, (text + "\n").encode("utf-8"))  # temporary file, then a rename
+    if min(args.k) < 1:
+        raise ConfigError(f"--k values must be positive integers, got {args.k}")
+    report = teacher_gate_statistics(args.teacher, args.data, args.prefix, args.k, args.batch_size)
+    cli.emit_json(report, args.out)
     return 0
 
 

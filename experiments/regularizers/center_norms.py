@@ -10,7 +10,6 @@ max and range of ||c_k|| and the relative spread std / mean (imbalanced data: sm
 origin, so softmax gives a large relative spread; the center invariant loss lowers it).
 """
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,12 +18,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
+from tfface import cli, runs  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
-from tfface.export import build_backbone, read_run  # noqa: E402
 
 
 def class_centers(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -95,25 +93,14 @@ def format_rows(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def run_data_config(work_dir) -> Dict:
-    """The `data` section of a run's config.yaml."""
-    config_path = Path(work_dir) / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{work_dir}: no config.yaml (is it the work dir of a training run?)")
-    data_config = (yaml.safe_load(config_path.read_text()) or {}).get("data", {})
-    if not isinstance(data_config, dict):
-        raise ConfigError(f"{config_path}: data must be a mapping, got {data_config!r}")
-    return data_config
-
-
 def embed_data_set(work_dir, data_dir, prefix: str = "train", batch_size: int = 128) -> Tuple[np.ndarray, np.ndarray]:
     """(embeddings [N, D], labels [N]) of a TFRecord set through a run's trained backbone, in written order.
 
     Images are resized and centre-cropped as the run's config.yaml says (data.image_size, data.crop_size).
     """
-    run = read_run(work_dir)
-    backbone = build_backbone(run, Path(work_dir) / "backbone.weights.h5")
-    data_config = run_data_config(work_dir)
+    data_config = runs.read_config(work_dir)["data"]
+    run = runs.read_run(work_dir)
+    backbone = runs.build_backbone(run, Path(work_dir) / runs.BACKBONE_WEIGHTS)
     crop_size = data_config.get("crop_size")
     dataset = make_dataset(
         data_dir, prefix=prefix, batch_size=batch_size, training=False, flip=False,
@@ -127,6 +114,7 @@ def embed_data_set(work_dir, data_dir, prefix: str = "train", batch_size: int = 
     return np.concatenate(embeddings), np.concatenate(labels)
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.regularizers.center_norms",
                                      description=__doc__.split("\n\n")[0])
@@ -139,23 +127,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
-    try:
-        data_dir = args.data or run_data_config(args.work_dir).get("train")
-        if not data_dir:
-            raise ConfigError(f"{args.work_dir}/config.yaml: data.train is not set; pass --data")
-        embeddings, labels = embed_data_set(args.work_dir, data_dir, args.prefix, args.batch_size)
-        sizes_dir, sizes_prefix = (args.sizes_from, args.sizes_prefix) if args.sizes_from else (data_dir, args.prefix)
-        class_counts = read_description(sizes_dir, sizes_prefix)["class_counts"]
-        num_classes = max(int(labels.max()), *class_counts) + 1
-        class_sizes = np.zeros(num_classes)
-        class_sizes[list(class_counts)] = list(class_counts.values())
-        centers, counts = class_centers(embeddings, labels, num_classes)
-        present = counts > 0
-        rows = center_norm_spread(centers[present], class_sizes[present], args.edges)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    data_dir = args.data or runs.read_config(args.work_dir)["data"]["train"]
+    if not data_dir:
+        raise ConfigError(f"{args.work_dir}/config.yaml: data.train is not set; pass --data")
+    embeddings, labels = embed_data_set(args.work_dir, data_dir, args.prefix, args.batch_size)
+    sizes_dir, sizes_prefix = (args.sizes_from, args.sizes_prefix) if args.sizes_from else (data_dir, args.prefix)
+    class_counts = read_description(sizes_dir, sizes_prefix)["class_counts"]
+    num_classes = max(int(labels.max()), *class_counts) + 1
+    class_sizes = np.zeros(num_classes)
+    class_sizes[list(class_counts)] = list(class_counts.values())
+    centers, counts = class_centers(embeddings, labels, num_classes)
+    present = counts > 0
+    rows = center_norm_spread(centers[present], class_sizes[present], args.edges)
+    if args.json:
+        cli.emit_json(rows)
+    else:
+        print(format_rows(rows))
     return 0
 
 

@@ -8,12 +8,13 @@ Prints mean and std of Sep over the C classes next to the same statistics of a W
 from [-1, 1] (the paper's "Random" row), averaged over `--draws` draws. Lower means better separated centres.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+
+from tfface import cli
 
 ROW_BLOCK = 1024
 """Rows of the cosine matrix computed at a time, so C = 100k classes needs 1024 x C floats, not C x C."""
@@ -79,6 +80,7 @@ def load_kernel(path) -> np.ndarray:
     return kernel
 
 
+@cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.regularizers.separability",
                                      description=__doc__.split("\n\n")[0])
@@ -87,13 +89,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    try:
-        report = separability_report(load_kernel(args.weights), args.draws, args.seed)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = separability_report(load_kernel(args.weights), args.draws, args.seed)
     if args.json:
-        print(json.dumps(report, indent=2))
+        cli.emit_json(report)
     else:
         print(f"W: {report['dim']} x {report['classes']} (embedding size x classes)")
         print(f"{'':10s} {'mean(Sep)':>10s} {'std(Sep)':>10s}")

@@ -20,7 +20,6 @@ tf.data dicts {"image", "label"} fed to FaceTrainer.fit (SGD, momentum 0.9, batc
 where 0.02 made softmax's 2-D features diverge).
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -39,8 +38,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tfface import backbones, heads  # noqa: E402
-from tfface.data.image_io import write_atomic, write_figure_atomic  # noqa: E402
+from tfface import atomic, backbones, heads  # noqa: E402
 from tfface.data.pipeline import normalize_images  # noqa: E402
 from tfface.regularizers import CenterInvariantLoss, ExclusiveRegularizer  # noqa: E402
 from tfface.training import FaceTrainer, Regularizer  # noqa: E402
@@ -206,7 +204,7 @@ def imbalanced_cia(out_dir: Path, epochs: int = 40, cia_weight: float = 1e-5, se
         f"{cia_weight:g}\nblack: class centres of the test features; dashed circle: their mean norm", fontsize=9,
     )
     figure.tight_layout()
-    write_figure_atomic(out_dir / "toy_cia.png", figure, dpi=120)
+    atomic.write_figure(out_dir / "toy_cia.png", figure, dpi=120)
     plt.close(figure)
     return results
 
@@ -246,7 +244,7 @@ def three_digits_exclusive(
         fontsize=9,
     )
     figure.tight_layout()
-    write_figure_atomic(out_dir / "toy_exclusive.png", figure, dpi=120)
+    atomic.write_figure(out_dir / "toy_exclusive.png", figure, dpi=120)
     plt.close(figure)
     return results
 
@@ -296,7 +294,7 @@ def orl_exclusive(
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
     figure.tight_layout()
-    write_figure_atomic(out_dir / "toy_orl_sep.png", figure, dpi=120)
+    atomic.write_figure(out_dir / "toy_orl_sep.png", figure, dpi=120)
     plt.close(figure)
     return results
 
@@ -361,7 +359,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.skip_orl:
         results["orl"] = orl_exclusive(out_dir, args.orl, epochs=epochs(40), seed=args.seed)
     results["seconds"] = round(time.time() - started, 1)
-    write_atomic(out_dir / "toy_results.json", (json.dumps(results, indent=2) + "\n").encode())
+    atomic.write_json(out_dir / "toy_results.json", results)
     print(summary(results))
     print(f"done in {results['seconds']:.0f}s; figures and toy_results.json in {out_dir}")
     return 0

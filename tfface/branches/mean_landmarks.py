@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfface import atomic
 from tfface.data.landmarks import GENERIC_FACE_5_POINTS_MM, five_from_68
 
 # The generic face: half the distance between the eye centres and the depth of the nose tip in front of them (mm).
@@ -65,12 +66,7 @@ def frontal_mean_landmarks(landmarks, yaw, max_yaw: float) -> np.ndarray:
 
 def save_mean_landmarks(path, mean_landmarks, **metadata) -> None:
     """Writes {"mean_landmarks": [[x, y], ...], **metadata} as JSON, atomically (folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"mean_landmarks": np.asarray(mean_landmarks, np.float64).tolist(), **metadata}
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temporary, path)
+    atomic.write_json(path, {"mean_landmarks": np.asarray(mean_landmarks, np.float64).tolist(), **metadata})
 
 
 def load_mean_landmarks(path) -> np.ndarray:

@@ -1,16 +1,17 @@
-"""Robust image-file I/O for the data tools: listing a folder, reading with clear per-file errors, atomic writes.
+"""Robust image-file I/O for the data tools: listing a folder, reading with clear per-file errors, atomic PNG writes.
 
 A bad file (empty, truncated, not an image, too many pixels) raises `UnreadableImageError` naming its path and the
-reason, so a tool can report it and go on. Writes go to a temporary file beside the target and are renamed into
-place, so an interrupted run never leaves a half-written output.
+reason, so a tool can report it and go on. Writes go through `tfface.atomic` (a temporary file beside the target,
+renamed into place), so an interrupted run never leaves a half-written output.
 """
 import io
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tfface import atomic
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -60,31 +61,8 @@ def read_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise UnreadableImageError(path, f"cannot read: {error}") from None
 
 
-def write_atomic(path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename (parents are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial"
-    # mode 0o666 less the umask, as for an ordinary file (tempfile.mkstemp would make it private)
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def write_figure_atomic(path, figure, dpi: int = 100) -> None:
-    """Save a matplotlib figure as PNG at `dpi` and write it atomically to `path`."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    write_atomic(path, buffer.getvalue())
-
-
 def write_png_atomic(path, pixels) -> None:
     """Encode uint8 pixels [H, W] or [H, W, 3] as PNG and write them atomically to `path`."""
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(pixels)).save(buffer, format="PNG")
-    write_atomic(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfface.data import schema
-from tfface.data.image_io import write_atomic
+from tfface import atomic
 from tfface.data.writer import read_description
 
 EXTRA_FEATURES = ("landmarks", "pose", "light", "attributes", "true_label", "depth", "albedo", "source_id")
@@ -262,7 +262,7 @@ def prepare_cache_file(cache) -> str:
         for stale in [*locks, *partial]:
             stale.unlink(missing_ok=True)
         print(f"cache {path}: removed the lock and {len(partial)} partial file(s) of process {owner[1]}, which is gone")
-    write_atomic(owner_file, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode("utf-8"))
+    atomic.write_text(owner_file, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     return str(path)
 
 

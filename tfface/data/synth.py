@@ -30,7 +30,6 @@ Determinism: every random draw comes from numpy generators keyed by (seed, strea
 not depend on batching or on which other images are generated.
 """
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -39,10 +38,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfface import rendering
+from tfface import atomic, rendering
 from tfface.data import schema
 from tfface.data import writer as writer_module
-from tfface.data.image_io import write_atomic, write_png_atomic
+from tfface.data.image_io import write_png_atomic
 
 FOV_DEGREES = 10.0
 ROTATION_CENTER_DEPTH = 1.0
@@ -647,7 +646,7 @@ def generate(out_dir, identities: int, images_per_identity: int, seed: int, *, t
                     bar.update(len(keys))
             pair_folds, per_fold, lines = lfw_pairs({identity_name(i): test_images_per_identity for i in test_ids},
                                                     folds, pairs_per_fold, seed)
-            write_atomic(test_dir / "pairs.txt", (f"{pair_folds}\t{per_fold}\n" + "\n".join(lines) + "\n").encode())
+            atomic.write_text(test_dir / "pairs.txt", f"{pair_folds}\t{per_fold}\n" + "\n".join(lines) + "\n")
             pairs = {"folds": pair_folds, "pairs_per_fold": per_fold}
     seconds = time.perf_counter() - started
 
@@ -676,5 +675,5 @@ def generate(out_dir, identities: int, images_per_identity: int, seed: int, *, t
         "seconds": round(seconds, 2),
         "images_per_second": round((len(train_keys) + len(test_keys)) / max(seconds, 1e-9), 1),
     }
-    write_atomic(out_dir / "synth.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic.write_json(out_dir / "synth.json", summary)
     return summary

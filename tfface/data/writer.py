@@ -1,7 +1,7 @@
 """Sharded TFRecord writing with atomic finalisation, and the data set description `<prefix>.json`.
 
 A shard is written as `<prefix>-00000.tfrecord.tmp`; only when the writer closes cleanly are the shards renamed to
-`<prefix>-00000.tfrecord` (os.replace) and the description written (tmp file + rename), so an interrupted run leaves
+`<prefix>-00000.tfrecord` (os.replace) and the description written (tfface.atomic), so an interrupted run leaves
 no final-looking file. The description is the commit marker: readers list shards from it, never by globbing.
 """
 import json
@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
+from tfface import atomic
 from tfface.data import schema
 
 REQUIRED_KEYS = ("num_examples", "num_classes", "class_counts", "image_size", "num_landmarks", "has", "shards")
@@ -164,9 +165,7 @@ class ShardedTFRecordWriter:
         for path in self.out_dir.iterdir():
             if stale.fullmatch(path.name) and path.name not in self._shards:
                 path.unlink()
-        tmp_json = json_path.with_name(json_path.name + ".tmp")
-        tmp_json.write_text(json.dumps(description, indent=2) + "\n")
-        os.replace(tmp_json, json_path)
+        atomic.write_json(json_path, description)
 
     def abort(self) -> None:
         """Stop without finalising: remove this run's temporary shards; earlier final files stay untouched."""

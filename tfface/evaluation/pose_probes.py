@@ -13,13 +13,11 @@ Faces are frontal when |yaw| <= frontal_max and profile when |yaw| >= profile_mi
 y / h) of the network input; the L1 error of a face is the sum of |predicted - true| over its 2M coordinates.
 """
 import dataclasses
-from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
-import yaml
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -32,7 +30,6 @@ from tfface.data.pipeline import make_dataset
 from tfface.data.writer import read_description
 from tfface.evaluation.embeddings import flip_test_embeddings, l2_normalize
 from tfface.evaluation.verification import evaluate_pairs
-from tfface.export import build_backbone, read_run
 
 
 @dataclasses.dataclass
@@ -79,14 +76,6 @@ def read_probe_set(data_dir, prefix: str = "test", image_size=None, crop_size=No
     else:
         yaw, source = None, None
     return ProbeSet(images, labels, landmarks, yaw, source)
-
-
-def load_run_backbone(work_dir) -> Tuple[keras.Model, dict]:
-    """A finished run's trained backbone and the `data` section of its config.yaml (image_size, crop_size, train)."""
-    backbone = build_backbone(read_run(work_dir), Path(work_dir) / "backbone.weights.h5")
-    with open(Path(work_dir) / "config.yaml") as handle:
-        data = (yaml.safe_load(handle) or {}).get("data") or {}
-    return backbone, data
 
 
 def split_by_identity(labels, holdout: float, seed: int = 0) -> np.ndarray:

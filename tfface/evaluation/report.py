@@ -5,9 +5,6 @@ A report is a dict {"command", "model", "settings", "benchmarks": {name: entry}}
 name of its ROC plot. `remove_report` deletes a previous report from a folder, so that a run which fails before
 `write_report` leaves no earlier run's report looking like its own.
 """
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
@@ -18,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfface.data.image_io import write_figure_atomic  # noqa: E402
+from tfface import atomic  # noqa: E402
 
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
@@ -55,18 +52,6 @@ def verification_entry(metrics: Mapping, pairs: int, images: int, seconds: float
     }
 
 
-def write_text_atomically(text: str, path: Path) -> None:
-    """Writes `text` to a temporary file beside `path` and renames it over `path`: readers see old or new."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def plot_roc(path: Path, name: str, curve: RocCurve, entry: Mapping) -> None:
     """ROC plot PNG: true accept rate over false accept rate on a log axis from the power of ten at or below the
     smallest non-zero FAR (where FAR 0 points are drawn) to 1, the equal error rate point marked."""
@@ -90,7 +75,7 @@ def plot_roc(path: Path, name: str, curve: RocCurve, entry: Mapping) -> None:
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(loc="lower right")
     figure.tight_layout()
-    write_figure_atomic(path, figure)
+    atomic.write_figure(path, figure)
     plt.close(figure)
 
 
@@ -150,11 +135,8 @@ def write_report(out_dir, report: Dict, curves: Mapping[str, RocCurve]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, entry in report["benchmarks"].items():
         entry["roc_plot"] = f"roc_{name}.png"
-        plot_path = out_dir / entry["roc_plot"]
-        partial = out_dir / f".{entry['roc_plot']}.partial.png"
-        plot_roc(partial, name, curves[name], entry)
-        os.replace(partial, plot_path)
-    write_text_atomically(markdown_report(report), out_dir / REPORT_MARKDOWN)
+        plot_roc(out_dir / entry["roc_plot"], name, curves[name], entry)
+    atomic.write_text(out_dir / REPORT_MARKDOWN, markdown_report(report))
     json_path = out_dir / REPORT_JSON
-    write_text_atomically(json.dumps(report, indent=2) + "\n", json_path)
+    atomic.write_json(json_path, report)
     return json_path

@@ -1,10 +1,11 @@
 """Builds a compiled FaceTrainer, its optimizers and its schedule from a validated RunConfig (see config.py)."""
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
 
-from tfface import backbones, heads
+from tfface import backbones, heads, runs
 from tfface.branches import BRANCHES
 from tfface.errors import ConfigError
 from tfface.regularizers import REGULARIZERS
@@ -98,6 +99,28 @@ def build_trainer(config: RunConfig, num_classes: int, steps_per_epoch: int, inp
     """
     with precision_scope(config.train.precision):
         return _build_trainer(config, num_classes, steps_per_epoch, input_shape)
+
+
+def restore_trainer(work_dir, checkpoint=None, branch: Optional[str] = None) -> Tuple[FaceTrainer, RunConfig, Path]:
+    """The whole trainer of training run `work_dir`, rebuilt from its config.yaml and run.json, with the weights of
+    `checkpoint` (default: the newest epoch checkpoint). `branch`: a branch name the run must have.
+
+    Returns (trainer, the run's resolved config, the checkpoint loaded); errors name the file or field at fault.
+    """
+    config = runs.read_config(work_dir)
+    config_path = Path(work_dir) / runs.CONFIG
+    if branch and not any(entry.get("name") == branch for entry in config.branches):
+        raise ConfigError(f"{config_path}: no '{branch}' entry under branches")
+    input_shape = tuple(int(size) for size in runs.read_run_json(work_dir)["input_shape"])
+    trainer = build_trainer(config, runs.num_classes(work_dir), 1, input_shape)
+    path = Path(checkpoint) if checkpoint else runs.newest_checkpoint(work_dir)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        trainer.load_weights(str(path))
+    except ValueError as error:
+        raise ConfigError(f"{path}: does not fit the trainer of {config_path}: {error}") from None
+    return trainer, config, path
 
 
 def _build_head(spec: HeadConfig, num_classes: int):

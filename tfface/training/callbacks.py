@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from keras.src.saving import saving_lib  # the in-memory HDF5 store behind Model.save_weights
 
-from tfface.data.image_io import write_atomic
+from tfface import atomic
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,7 +53,7 @@ def save_layer_weights_atomically(layer: keras.layers.Layer, path: str) -> None:
 def write_bytes_atomically(path: str, data: bytes) -> None:
     """`data` written to `path` through a temporary file and a rename; a failure is an OSError naming `path`."""
     try:
-        write_atomic(path, data)
+        atomic.write_bytes(path, data)
     except OSError as error:
         raise write_error(path, error) from None
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 
 import yaml
 
-from tfface.data.image_io import write_atomic
+from tfface import atomic
 from tfface.errors import ConfigError
 
 from tfface.training import fields as check
@@ -273,4 +273,4 @@ def config_hash(config: RunConfig) -> str:
 
 def save_config(config: RunConfig, path: str) -> None:
     """Writes the resolved config as YAML, atomically."""
-    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))
+    atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -16,7 +16,6 @@ student's backbone, so an export of the student carries none of them.
 The top-k test uses the teacher's plain logits (no margin): the given label is kept when fewer than k classes score
 strictly higher (ties count as kept, as `tf.math.in_top_k`).
 """
-import json
 import numbers
 from pathlib import Path
 from typing import Dict, Iterable
@@ -24,34 +23,26 @@ from typing import Dict, Iterable
 import keras
 import numpy as np
 import tensorflow as tf
-import yaml
 
-from tfface import heads
+from tfface import heads, runs
 from tfface.errors import ConfigError
-from tfface.export import build_backbone, read_run
 from tfface.training.callbacks import load_layer_weights
 from tfface.training.gates import GATES
 from tfface.training.plugins import Gate, StepContext
 
 
 def read_teacher(teacher_dir) -> Dict:
-    """`tfface.export.read_run` of the teacher's work dir plus {"num_classes", "head", "head_options",
+    """`tfface.runs.read_run` of the teacher's work dir plus {"num_classes", "head", "head_options",
     "head_weights"}; a missing file or field raises ConfigError naming it."""
     teacher_dir = Path(teacher_dir)
-    run = read_run(teacher_dir)
-    head_weights = teacher_dir / "head.weights.npz"
+    run = runs.read_run(teacher_dir)
+    head_weights = teacher_dir / runs.HEAD_WEIGHTS
     if not head_weights.is_file():
         raise ConfigError(f"gate.options.teacher: {teacher_dir} has no head.weights.npz (a finished training run?)")
-    num_classes = json.loads((teacher_dir / "run.json").read_text()).get("num_classes")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"{teacher_dir / 'run.json'}: num_classes must be a positive integer, got {num_classes!r}")
-    with open(teacher_dir / "config.yaml") as handle:
-        head_config = (yaml.safe_load(handle) or {}).get("head", {})
-    if not isinstance(head_config, dict) or "name" not in head_config:
-        raise ConfigError(f"{teacher_dir / 'config.yaml'}: no head.name")
+    head_config = runs.read_config(teacher_dir)["head"]
     return {
         **run,
-        "num_classes": num_classes,
+        "num_classes": runs.num_classes(teacher_dir),
         "head": head_config["name"],
         "head_options": head_config.get("options") or {},
         "head_weights": head_weights,
@@ -96,7 +87,7 @@ class TeacherTopKGate(Gate):
         num_classes = self.teacher["num_classes"]
         if self.k > num_classes:
             raise ConfigError(f"gate.options.k = {self.k} exceeds the teacher's {num_classes} classes")
-        self.teacher_backbone = build_backbone(self.teacher, self.teacher_dir / "backbone.weights.h5")
+        self.teacher_backbone = runs.build_backbone(self.teacher, self.teacher_dir / runs.BACKBONE_WEIGHTS)
         self.teacher_backbone.trainable = False
         try:
             self.teacher_head = heads.HEADS.build(
