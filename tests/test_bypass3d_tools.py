@@ -14,7 +14,8 @@ from tfface import backbones, rendering
 from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
 from tfface.errors import ConfigError
-from tfface.export import export_backbone, export_run, read_run
+from tfface.export import export_backbone, export_run
+from tfface.runs import read_run
 from experiments.bypass3d import attributes_transfer, light_correlation
 from experiments.bypass3d import evaluate as evaluate_bypass3d
 from experiments.bypass3d import visualize as visualize_bypass3d

@@ -15,7 +15,8 @@ from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
 from tfface.errors import ConfigError
 from tfface.embedders import METADATA_FILE, model_versions
-from tfface.export import build_backbone, export_run, load_exported, read_run
+from tfface.export import export_run, load_exported
+from tfface.runs import build_backbone, read_run
 from tfface.training.config import config_hash, load_config, save_config
 from tools.export import main as export_main
 from trainers.train import prepare, train
