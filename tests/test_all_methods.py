@@ -6,7 +6,7 @@ import tensorflow as tf
 from tfface.data import synth
 from tfface.errors import ConfigError
 from tfface.export import export_run
-from tfface.training.builder import build_trainer
+from tfface.builder import build_trainer
 from tfface.training.config import load_config
 from experiments.aprn import mean_landmarks
 from trainers.train import prepare, train

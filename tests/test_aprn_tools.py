@@ -1,4 +1,4 @@
-"""APRN around the branch: l_mean from data (experiments.aprn.mean_landmarks), the probes (tfface.evaluation.pose_probes,
+"""APRN around the branch: l_mean from data (experiments.aprn.mean_landmarks), the probes (experiments.aprn.probes,
 experiments.aprn.probe_landmarks, experiments.aprn.probe_pose), the aprn_* configs, fine-tuning from a baseline run and the export."""
 import json
 from pathlib import Path
@@ -15,9 +15,9 @@ from tfface.runs import load_backbone
 from tfface.data.landmarks import GENERIC_FACE_5_POINTS_MM, rotation_matrix
 from tfface.data.schema import make_example
 from tfface.data.writer import ShardedTFRecordWriter
-from tfface.evaluation import pose_probes
+from experiments.aprn import probes as pose_probes
 from tfface.export import export_run
-from tfface.training.builder import build_trainer
+from tfface.builder import build_trainer
 from tfface.training.config import BackboneConfig, load_config
 from experiments.aprn import compare as aprn_compare
 from experiments.aprn import mean_landmarks as mean_landmarks_tool

@@ -8,7 +8,7 @@ import pytest
 
 from tfface import backbones, heads
 from tfface.errors import ConfigError
-from tfface.training.builder import build_optimizer, build_schedule
+from tfface.builder import build_optimizer, build_schedule
 from tfface.training.config import DEFAULTS, OptimizerConfig, ScheduleConfig, load_config, parse_override
 from tfface.training.plugins import LossWeight
 

@@ -18,9 +18,9 @@ from tfface.errors import ConfigError
 from tfface.export import export_run
 from tfface.training import FaceTrainer
 from tfface.training.config import load_config
-from tfface.training.gates import GATES
+from tfface.gates import GATES
 from tfface.training.strategy import mirrored_strategy
-from tfface.training.teacher_gate import TeacherTopKGate, gate_statistics
+from tfface.gates import TeacherTopKGate, gate_statistics
 from experiments.latse import decoder_grid, gate_stats
 from trainers.train import main as train_main, prepare
 

@@ -8,7 +8,7 @@ from tfface import backbones
 from tfface.errors import ConfigError
 from tfface.heads import PartialFCHead, get_head
 from tfface.training import Branch, FaceTrainer
-from tfface.training.builder import build_trainer
+from tfface.builder import build_trainer
 from tfface.training.config import load_config
 from tfface.training.precision import (
     check_precision,

@@ -12,7 +12,7 @@ from tfface import backbones, heads
 from tfface.errors import ConfigError
 from tfface.regularizers import REGULARIZERS, CenterInvariantLoss, CenterLoss, ExclusiveRegularizer
 from tfface.training import FaceTrainer, StepContext
-from tfface.training.builder import build_trainer
+from tfface.builder import build_trainer
 from tfface.training.config import load_config
 from tfface.training.strategy import mirrored_strategy
 

@@ -23,7 +23,7 @@ from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.verify import Scan  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder, check_writable_folder  # noqa: E402
-from tfface.training.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
+from tfface.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
 from tfface.training.callbacks import (  # noqa: E402
     EpochCommit,
     StopOnNonFinite,

@@ -23,7 +23,7 @@ import keras  # noqa: E402
 from tfface import atomic, cli, runs  # noqa: E402
 from tfface.backbones.blocks import STAGE_KEYS  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
-from tfface.evaluation.pose_probes import (  # noqa: E402
+from experiments.aprn.probes import (  # noqa: E402
     cross_pose_verification,
     embed,
     fit_and_test_sets,

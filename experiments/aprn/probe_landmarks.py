@@ -19,9 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from tfface.backbones.blocks import STAGE_KEYS  # noqa: E402
 from tfface import atomic, cli, runs  # noqa: E402
-from tfface.evaluation.pose_probes import fit_and_test_sets, landmark_probe  # noqa: E402
+from tfface.backbones.blocks import STAGE_KEYS  # noqa: E402
+from experiments.aprn.probes import fit_and_test_sets, landmark_probe  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfface import atomic, cli, runs  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
-from tfface.evaluation.pose_probes import (  # noqa: E402
+from experiments.aprn.probes import (  # noqa: E402
     cross_pose_verification,
     embed,
     pose_classes,

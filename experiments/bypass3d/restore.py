@@ -12,7 +12,7 @@ import numpy as np
 
 from tfface.branches.bypass3d import Bypass3D
 from tfface.data.pipeline import make_dataset
-from tfface.training.builder import restore_trainer
+from tfface.builder import restore_trainer
 from tfface.training.trainer import FaceTrainer
 
 

@@ -22,7 +22,7 @@ from tfface.branches.frontal_decoder import FrontalDecoder  # noqa: E402
 from tfface.data.image_io import write_png_atomic  # noqa: E402
 from tfface.data.pipeline import denormalize_images, make_dataset  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
-from tfface.training.builder import restore_trainer  # noqa: E402
+from tfface.builder import restore_trainer  # noqa: E402
 
 PADDING = 2
 

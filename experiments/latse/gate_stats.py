@@ -19,7 +19,7 @@ from tfface import cli, runs  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
-from tfface.training.teacher_gate import TeacherTopKGate, gate_statistics  # noqa: E402
+from tfface.gates import TeacherTopKGate, gate_statistics  # noqa: E402
 
 
 def teacher_gate_statistics(

@@ -11,9 +11,17 @@ from typing import List
 
 import keras
 
+from tfface.backbones import iresnet, sphereface
+from tfface.backbones.casianet import casianet
+from tfface.backbones.lenetpp import lenetpp
+from tfface.backbones.mobilefacenet import mobilefacenet
+from tfface.backbones.tiny import tiny
 from tfface.registry import Registry
 
 BACKBONES = Registry("backbone")
+for _name, _builder in {"casianet": casianet, "lenetpp": lenetpp, "mobilefacenet": mobilefacenet, "tiny": tiny,
+                        **iresnet.BUILDERS, **sphereface.BUILDERS}.items():
+    BACKBONES.register(_name)(_builder)
 
 
 def available() -> List[str]:
@@ -28,6 +36,3 @@ def get_backbone(name: str, /, **options) -> keras.Model:
     """
     return BACKBONES.build(name, **options)
 
-
-# Imported for their registration side effects.
-from tfface.backbones import casianet, iresnet, lenetpp, mobilefacenet, sphereface, tiny  # noqa: E402,F401

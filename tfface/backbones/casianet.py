@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 
 import keras
 
-from tfface.backbones import BACKBONES
 from tfface.backbones.blocks import backbone_model, batch_norm, check_options, fc_embedding, image_input
 
 BLOCK_WIDTHS = ((32, 64), (64, 128), (96, 192), (128, 256), (160, 320))
@@ -23,7 +22,6 @@ def _conv_bn(x, filters: int, name: str, sync_batchnorm: bool, relu: bool = True
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-@BACKBONES.register("casianet")
 def casianet(
     input_shape: Sequence[int] = (96, 96, 3),
     embedding_size: int = 512,

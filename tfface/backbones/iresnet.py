@@ -6,11 +6,10 @@ conv3x3(stride) - BN, plus the shortcut. Output: BN - Flatten - Dropout - FC(emb
 at 1 (insightface's `features` BatchNorm1d, weight frozen at 1.0). Convs have no bias. For 112x112 input:
 stem 112x112x64, stage1 56x56x64, stage2 28x28x128, stage3 14x14x256, stage4 7x7x512.
 """
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import keras
 
-from tfface.backbones import BACKBONES
 from tfface.backbones.blocks import (
     backbone_model,
     batch_norm,
@@ -76,8 +75,7 @@ def build_iresnet(
     return backbone_model(image, stages, embedding, name)
 
 
-def _register(arch: str) -> None:
-    @BACKBONES.register(arch)
+def _builder(arch: str) -> Callable[..., keras.Model]:
     def builder(
         input_shape: Sequence[int] = (112, 112, 3),
         embedding_size: int = 512,
@@ -91,7 +89,7 @@ def _register(arch: str) -> None:
 
     builder.__name__ = arch
     builder.__doc__ = f"Builds {arch}: IBasicBlocks per stage {BLOCKS_PER_STAGE[arch]}, default input 112x112."
+    return builder
 
 
-for _arch in BLOCKS_PER_STAGE:
-    _register(_arch)
+BUILDERS = {arch: _builder(arch) for arch in BLOCKS_PER_STAGE}  # registered by name in tfface.backbones

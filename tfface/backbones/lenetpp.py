@@ -12,7 +12,6 @@ from typing import Optional, Sequence
 
 import keras
 
-from tfface.backbones import BACKBONES
 from tfface.backbones.blocks import backbone_model, check_options, image_input, prelu
 
 BLOCK_WIDTHS = (32, 64, 128)
@@ -25,7 +24,6 @@ def _conv_pair(x, filters: int, name: str):
     return x
 
 
-@BACKBONES.register("lenetpp")
 def lenetpp(
     input_shape: Sequence[int] = (28, 28, 3),
     embedding_size: int = 2,

@@ -16,7 +16,6 @@ from typing import Optional, Sequence
 
 import keras
 
-from tfface.backbones import BACKBONES
 from tfface.backbones.blocks import backbone_model, batch_norm, check_options, image_input, prelu, torch_padding
 from tfface.backbones.grouped_conv import GroupedConv2D
 
@@ -59,7 +58,6 @@ def _bottleneck_stage(x, filters: int, expanded_down: int, expanded: int, residu
     return x
 
 
-@BACKBONES.register("mobilefacenet")
 def mobilefacenet(
     input_shape: Sequence[int] = (112, 112, 3),
     embedding_size: int = 512,

@@ -7,11 +7,10 @@ The original has no batch norm (so `sync_batchnorm` changes nothing here) and no
 map is an added conv3x3(64, stride 1) - PReLU in front of stage 1. For the default 112x96 input: stem 112x96x64,
 stage1 56x48x64, stage2 28x24x128, stage3 14x12x256, stage4 7x6x512.
 """
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import keras
 
-from tfface.backbones import BACKBONES
 from tfface.backbones.blocks import backbone_model, check_options, image_input, prelu, torch_padding
 
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -69,8 +68,7 @@ def build_sphereface(
     return backbone_model(image, stages, embedding, name)
 
 
-def _register(arch: str) -> None:
-    @BACKBONES.register(arch)
+def _builder(arch: str) -> Callable[..., keras.Model]:
     def builder(
         input_shape: Sequence[int] = (112, 96, 3),
         embedding_size: int = 512,
@@ -83,7 +81,7 @@ def _register(arch: str) -> None:
 
     builder.__name__ = arch
     builder.__doc__ = f"Builds {arch}: residual units per stage {UNITS_PER_STAGE[arch]}, default input 112x96."
+    return builder
 
 
-for _arch in UNITS_PER_STAGE:
-    _register(_arch)
+BUILDERS = {arch: _builder(arch) for arch in UNITS_PER_STAGE}  # registered by name in tfface.backbones

@@ -9,7 +9,6 @@ from typing import Optional, Sequence
 
 import keras
 
-from tfface.backbones import BACKBONES
 from tfface.backbones.blocks import backbone_model, batch_norm, check_options, fc_embedding, image_input
 
 
@@ -19,7 +18,6 @@ def _conv_bn_relu(x, width: int, strides: int, name: str, sync_batchnorm: bool):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-@BACKBONES.register("tiny")
 def tiny(
     input_shape: Sequence[int] = (32, 32, 3),
     embedding_size: int = 16,

@@ -1,9 +1,12 @@
 """Auxiliary branches removed at export (APRN pose adversary, LATSE decoder, 3D-BERL bypass), registered by name."""
+from tfface.branches.aprn import AdversarialPoseRegression
+from tfface.branches.bypass3d import Bypass3D
+from tfface.branches.frontal_decoder import FrontalDecoder
 from tfface.registry import Registry
 
 BRANCHES = Registry("branch")
+BRANCHES.register("aprn")(AdversarialPoseRegression)
+BRANCHES.register("bypass3d")(Bypass3D)
+BRANCHES.register("frontal_decoder")(FrontalDecoder)
 
-# Imported for their registration side effects.
-from tfface.branches.aprn import AdversarialPoseRegression  # noqa: E402
-from tfface.branches import bypass3d  # noqa: E402,F401
-from tfface.branches import frontal_decoder  # noqa: E402,F401
+__all__ = ["BRANCHES", "AdversarialPoseRegression", "Bypass3D", "FrontalDecoder"]

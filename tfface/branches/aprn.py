@@ -27,7 +27,6 @@ from tfface.data.landmarks import (
     IBUG68_RIGHT_EYE,
     five_from_68,
 )
-from tfface.branches import BRANCHES
 from tfface.branches.mean_landmarks import check_mean_landmarks, load_mean_landmarks
 from tfface.branches.pose_discriminator import PoseDiscriminator, default_channels, table_design
 from tfface.training.plugins import Branch, StepContext
@@ -51,7 +50,6 @@ def l1_distance(predicted: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
     return keras.ops.sum(keras.ops.abs(difference), axis=(1, 2))
 
 
-@BRANCHES.register("aprn")
 class AdversarialPoseRegression(Branch):
     """The APRN branch; `weight` is alpha (Eq. 1, default 0.2).
 

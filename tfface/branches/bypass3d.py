@@ -32,7 +32,6 @@ import tensorflow as tf
 from keras import ops
 
 from tfface import rendering
-from tfface.branches import BRANCHES
 from tfface.branches.image_nets import parameter_encoder
 from tfface.branches.reconstruction_nets import canonical_map_net
 from tfface.training.plugins import Branch, StepContext
@@ -113,7 +112,6 @@ def reconstruction_l1(image, target):
     return ops.mean(ops.abs(image - target), axis=(1, 2, 3))
 
 
-@BRANCHES.register("bypass3d")
 class Bypass3D(Branch):
     """The 3D reconstruction bypass. Options (config `branches: [{name: bypass3d, options: {...}}]`):
 

@@ -27,7 +27,6 @@ import keras
 import tensorflow as tf
 
 from tfface.backbones.blocks import batch_norm
-from tfface.branches import BRANCHES
 from tfface.training.plugins import Branch, StepContext
 
 RESNET18_CHANNELS = (512, 256, 128, 64)
@@ -120,7 +119,6 @@ def momentum_mean_update(rows: tf.Tensor, seen: tf.Tensor, means: tf.Tensor, mom
     return tf.where(seen[:, None, None, None] > 0, moved, means)
 
 
-@BRANCHES.register("frontal_decoder")
 class FrontalDecoder(Branch):
     """The LATSE decoder branch; `weight` multiplies GLoss (Eq. 15 adds it with weight 1).
 

@@ -5,8 +5,8 @@ import tensorflow as tf
 from keras import ops
 
 from tfface.heads.angular import AngularMarginHead
-from tfface.heads.arcface import arcface_target_cosine
 from tfface.heads.base import check_non_negative, check_positive, safe_angle
+from tfface.heads.margins import arcface_target_cosine
 
 
 def global_batch_mean(values):

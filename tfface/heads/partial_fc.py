@@ -27,9 +27,10 @@ import tensorflow as tf
 from keras import ops
 
 from tfface.heads.base import MarginHead, l2_normalize
+from tfface.heads.margins import MARGINS, margin_logits
 
-PARTIAL_FC_MARGINS = ("arcface", "cosface", "combined", "normface", "linearface")
-"""Margin heads whose maths Partial FC can apply to sampled logits (their hooks keep no per-class state)."""
+PARTIAL_FC_MARGINS = tuple(MARGINS.available())
+"""Margin heads whose maths Partial FC can apply to sampled logits: the stateless ones (tfface.heads.margins)."""
 
 _SEED_STRIDE = 1 << 16
 """Replica r samples from the stateless stream (step, seed * _SEED_STRIDE + r)."""
@@ -66,8 +67,6 @@ class PartialFCHead(MarginHead):
         seed=0,
         **kwargs,
     ):
-        from tfface.heads import HEADS  # the registry module imports this one
-
         if kernel_initializer is None:
             kernel_initializer = keras.initializers.RandomNormal(stddev=0.01)
         super().__init__(num_classes, kernel_initializer=kernel_initializer, **kwargs)
@@ -85,10 +84,7 @@ class PartialFCHead(MarginHead):
         self.sample_rate = float(sample_rate)
         self.margin_options = dict(margin_options or {})
         self.seed = seed
-        self.margin = HEADS.build(
-            margin_head, num_classes=num_classes, name=f"{self.name}_margin", **self.margin_options
-        )
-        self.margin.built = True  # only its logit maths are used: it never creates its own [D, C] kernel
+        self.margin = MARGINS.build(margin_head, **self.margin_options)  # the maths only: no kernel of its own
 
     # ----------------------------------------------------------------------------------------------- variables
     def build(self, embedding_shape):
@@ -210,10 +206,8 @@ class PartialFCHead(MarginHead):
 
         centres = tf.gather(self.centres.value, sampled)
         cosine = ops.matmul(l2_normalize(all_embeddings, axis=1), ops.transpose(l2_normalize(centres, axis=1)))
-        scale = self.margin.logit_scale(all_embeddings)
-        cosine_target = tf.reduce_sum(tf.where(is_target, cosine, 0.0), axis=1, keepdims=True)
-        logits = scale * tf.where(is_target, self.margin.target_cosine(cosine_target), cosine)
-        plain_logits = scale * cosine
+        logits, plain_logits = margin_logits(cosine, is_target, self.margin.logit_scale(all_embeddings),
+                                             self.margin.target_cosine)
 
         negative = tf.logical_and(valid[None, :], tf.logical_not(is_target))
         collapsed, collapsed_plain = self._collapse(context, logits, plain_logits, is_target, negative)

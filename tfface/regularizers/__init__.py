@@ -5,12 +5,13 @@
     REGULARIZERS.build("exclusive", weight=1.0, warmup_steps=500)   # paper 004 (RegularFace)
 """
 from tfface.registry import Registry
+from tfface.regularizers.center import CenterLoss
+from tfface.regularizers.center_invariant import CenterInvariantLoss
+from tfface.regularizers.exclusive import ExclusiveRegularizer, exclusive_term
 
 REGULARIZERS = Registry("regularizer")
-
-# Imported for their registration side effects.
-from tfface.regularizers.center import CenterLoss  # noqa: E402
-from tfface.regularizers.center_invariant import CenterInvariantLoss  # noqa: E402
-from tfface.regularizers.exclusive import ExclusiveRegularizer, exclusive_term  # noqa: E402
+REGULARIZERS.register("center")(CenterLoss)
+REGULARIZERS.register("center_invariant")(CenterInvariantLoss)
+REGULARIZERS.register("exclusive")(ExclusiveRegularizer)
 
 __all__ = ["REGULARIZERS", "CenterInvariantLoss", "CenterLoss", "ExclusiveRegularizer", "exclusive_term"]

@@ -1,12 +1,10 @@
 """Center loss (Wen et al. 2016): 1/2 ||x_i - c_{y_i}||^2 per example, centres moved at rate alpha after each step."""
 import tensorflow as tf
 
-from tfface.regularizers import REGULARIZERS
 from tfface.regularizers.class_centers import RunningCentersRegularizer
 from tfface.training.plugins import StepContext
 
 
-@REGULARIZERS.register("center")
 class CenterLoss(RunningCentersRegularizer):
     """Per-example loss [N] = 1/2 ||x_i - c_{y_i}||^2 (x the "embedding" features, in embedding units squared).
 

@@ -14,12 +14,10 @@ So a centre inside the circle of radius sqrt(tau) is pulled out and one outside 
 """
 import tensorflow as tf
 
-from tfface.regularizers import REGULARIZERS
 from tfface.regularizers.class_centers import RunningCentersRegularizer, global_class_counts
 from tfface.training.plugins import StepContext
 
 
-@REGULARIZERS.register("center_invariant")
 class CenterInvariantLoss(RunningCentersRegularizer):
     """Per-example loss [N] = 1/4 (||c_y||^2 - mean_k ||c_k||^2)^2 (embedding units to the fourth power).
 

@@ -16,7 +16,6 @@ import tensorflow as tf
 from keras import ops
 
 from tfface.heads.base import l2_normalize
-from tfface.regularizers import REGULARIZERS
 from tfface.training.plugins import Regularizer, StepContext
 
 
@@ -37,7 +36,6 @@ def _project_columns(strategy: tf.distribute.Strategy, kernel: tf.Variable) -> N
     strategy.extended.update(kernel, lambda variable: variable.assign(l2_normalize(variable, axis=0)), group=False)
 
 
-@REGULARIZERS.register("exclusive")
 class ExclusiveRegularizer(Regularizer):
     """Model-wide scalar loss L_r(head.kernel); after each step, every column of head.kernel is set to unit norm.
 

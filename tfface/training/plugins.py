@@ -163,3 +163,20 @@ class Gate(keras.layers.Layer):
     def weights_for(self, context: StepContext) -> tf.Tensor:
         """float32 [N] weights in [0, 1] for the examples of this replica (called before the head runs)."""
         raise NotImplementedError
+
+
+def gate_backbone_gradient(features: Dict[str, tf.Tensor], weights: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """The same feature values, whose gradient back into the backbone is multiplied by each example's weight (a
+    gate's "backbone" scope).
+
+    features: {name: [N, ...]} backbone outputs; weights: float32 [N]. Each feature becomes
+    stop_gradient(f) + w * (f - stop_gradient(f)): its value is f bit for bit (the second term is w * 0), and
+    d/df = w, so a loss downstream still sees (and trains its own variables on) every example, while example i
+    sends w_i times its gradient into the backbone (exactly 0 for w_i = 0).
+    """
+    gated = {}
+    for name, value in features.items():
+        stopped = tf.stop_gradient(value)
+        per_example = tf.reshape(tf.cast(weights, value.dtype), [-1] + [1] * (value.shape.rank - 1))
+        gated[name] = stopped + per_example * (value - stopped)
+    return gated

@@ -16,8 +16,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import keras
 import tensorflow as tf
 
-from tfface.training.gates import gate_backbone_gradient
-from tfface.training.plugins import Branch, Gate, Plugin, Regularizer, StepContext
+from tfface.training.plugins import Branch, Gate, Plugin, Regularizer, StepContext, gate_backbone_gradient
 from tfface.training.precision import rescale_gradients
 from tfface.training.stages import FREEZABLE_PARTS
 

@@ -8,10 +8,10 @@ import tensorflow as tf
 from tfface import backbones, heads, runs
 from tfface.branches import BRANCHES
 from tfface.errors import ConfigError
+from tfface.gates import GATES
 from tfface.regularizers import REGULARIZERS
 from tfface.training import fields as check
 from tfface.training.config import DEFAULTS, OPTIMIZERS, HeadConfig, OptimizerConfig, RunConfig, ScheduleConfig
-from tfface.training.gates import GATES
 from tfface.training.precision import precision_scope, wrap_optimizer
 from tfface.training.schedules import WarmupSchedule
 from tfface.training.strategy import select_strategy  # noqa: F401  (re-exported for the CLIs)

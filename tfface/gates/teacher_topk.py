@@ -27,7 +27,6 @@ import tensorflow as tf
 from tfface import heads, runs
 from tfface.errors import ConfigError
 from tfface.training.callbacks import load_layer_weights
-from tfface.training.gates import GATES
 from tfface.training.plugins import Gate, StepContext
 
 
@@ -49,7 +48,6 @@ def read_teacher(teacher_dir) -> Dict:
     }
 
 
-@GATES.register("teacher_topk")
 class TeacherTopKGate(Gate):
     """Weight 1 where the given label is in the frozen teacher's top-k classes, else 0.
 
