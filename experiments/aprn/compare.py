@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from tfface import atomic, cli, runs  # noqa: E402
+from tfface import atomic, cli  # noqa: E402
 from tfface.backbones.blocks import STAGE_KEYS  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from experiments.aprn.probes import (  # noqa: E402
@@ -31,6 +31,7 @@ from experiments.aprn.probes import (  # noqa: E402
     pose_classes,
     pose_probe,
     read_probe_set,
+    run_backbone,
     split_by_identity,
 )
 from tfface.training.verification_callback import verify_backbone  # noqa: E402
@@ -48,15 +49,14 @@ def parse_runs(items: List[str]) -> Dict[str, str]:
 
 def evaluate_run(work_dir: str, args: argparse.Namespace) -> Dict:
     """The three measurements of one run (same split and seeds for every run)."""
-    backbone = runs.load_backbone(work_dir)
-    data = runs.read_config(work_dir)["data"]
-    faces = read_probe_set(args.data, args.prefix, data.get("image_size"), data.get("crop_size"))
+    backbone, image_size, crop_size = run_backbone(work_dir)
+    faces = read_probe_set(args.data, args.prefix, image_size, crop_size)
     if faces.yaw is None or faces.landmarks is None:
         raise ConfigError(f"{args.data}/{args.prefix}: the probes need landmarks (and pose or landmark symmetry)")
     classes = pose_classes(faces.yaw, args.frontal_max, args.profile_min)
     held_out = split_by_identity(faces.labels, args.holdout, args.seed)
     fit, test = fit_and_test_sets(args.data, args.fit_prefix, args.prefix, args.holdout, args.seed,
-                                  data.get("image_size"), data.get("crop_size"))
+                                  image_size, crop_size)
     keras.utils.set_random_seed(args.seed)
     result = {
         "pose_probe": pose_probe(embed(backbone, faces.images_facing_one_side()), classes, held_out, seed=args.seed),

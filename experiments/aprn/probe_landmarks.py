@@ -19,9 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from tfface import atomic, cli, runs  # noqa: E402
+from tfface import atomic, cli  # noqa: E402
 from tfface.backbones.blocks import STAGE_KEYS  # noqa: E402
-from experiments.aprn.probes import fit_and_test_sets, landmark_probe  # noqa: E402
+from experiments.aprn.probes import fit_and_test_sets, landmark_probe, run_backbone  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -47,10 +47,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 @cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    backbone = runs.load_backbone(args.work_dir)
-    data = runs.read_config(args.work_dir)["data"]
+    backbone, image_size, crop_size = run_backbone(args.work_dir)
     fit, test = fit_and_test_sets(args.data, args.fit_prefix, args.prefix, args.holdout, args.seed,
-                                  data.get("image_size"), data.get("crop_size"))
+                                  image_size, crop_size)
     keras.utils.set_random_seed(args.seed)
     results = landmark_probe(
         backbone, fit, test, stages=args.stages, width_multiplier=args.width_multiplier, epochs=args.epochs,

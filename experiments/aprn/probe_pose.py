@@ -16,7 +16,7 @@ from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfface import atomic, cli, runs  # noqa: E402
+from tfface import atomic, cli  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from experiments.aprn.probes import (  # noqa: E402
     cross_pose_verification,
@@ -24,6 +24,7 @@ from experiments.aprn.probes import (  # noqa: E402
     pose_classes,
     pose_probe,
     read_probe_set,
+    run_backbone,
     split_by_identity,
 )
 
@@ -46,9 +47,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 @cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    backbone = runs.load_backbone(args.work_dir)
-    data = runs.read_config(args.work_dir)["data"]
-    faces = read_probe_set(args.data, args.prefix, data.get("image_size"), data.get("crop_size"))
+    backbone, image_size, crop_size = run_backbone(args.work_dir)
+    faces = read_probe_set(args.data, args.prefix, image_size, crop_size)
     if faces.yaw is None:
         raise ConfigError(f"{args.data}/{args.prefix}: neither pose nor landmarks, so no yaw")
     classes = pose_classes(faces.yaw, args.frontal_max, args.profile_min)

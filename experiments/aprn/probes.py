@@ -22,6 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from tfface import runs
 from tfface.backbones.blocks import STAGE_KEYS
 from tfface.branches.aprn import l1_distance
 from tfface.branches.mean_landmarks import symmetry_yaw
@@ -76,6 +77,13 @@ def read_probe_set(data_dir, prefix: str = "test", image_size=None, crop_size=No
     else:
         yaw, source = None, None
     return ProbeSet(images, labels, landmarks, yaw, source)
+
+
+def run_backbone(work_dir) -> Tuple[keras.Model, Optional[Sequence[int]], Optional[Sequence[int]]]:
+    """A finished run's trained backbone and the (image_size, crop_size) of its config's data section, which the
+    probes read faces with."""
+    data = runs.read_config(work_dir)["data"]
+    return runs.load_backbone(work_dir), data["image_size"], data["crop_size"]
 
 
 def split_by_identity(labels, holdout: float, seed: int = 0) -> np.ndarray:
