@@ -1,4 +1,6 @@
-"""Builds a compiled FaceTrainer, its optimizers and its schedule from a validated RunConfig (see config.py)."""
+"""Builds a compiled FaceTrainer, its optimizers and its schedule from a validated RunConfig (training/config.py), and
+rebuilds the whole trainer of a finished run (restore_trainer). The composition root: it imports every plug-in
+package (backbones, heads, regularizers, branches, gates) and the training core they build on."""
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
