@@ -22,6 +22,8 @@ class AngularMarginHead(MarginHead):
     def __init__(self, num_classes, angular_margin: Optional[AngularMargin] = None, **kwargs):
         super().__init__(num_classes, **kwargs)
         self.angular_margin = angular_margin
+        for option, value in (angular_margin.config() if angular_margin else {}).items():
+            setattr(self, option, value)  # the margin's options read as the head's own: head.scale, head.margin
 
     def cosine(self, embeddings):
         """cos theta [N, C] between each embedding [N, D] and each class centre (columns of the kernel)."""
