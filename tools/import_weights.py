@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from tfface import backbones  # noqa: E402
+from tfface import backbones, cli  # noqa: E402
 from tfface.data.image_io import UnreadableImageError, list_files, read_rgb  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder  # noqa: E402
 from tfface.onnx_import import OnnxImportError, import_onnx, max_normalised_difference, onnx_embeddings  # noqa: E402
@@ -150,8 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_run_dir(out, backbone, args.backbone, options, report)
     # ConfigError and OnnxImportError are ValueErrors
     except (ValueError, KeyError, TypeError, UnreadableImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.user_error(error)
     except OSError as error:
         print(f"error: --out {out}: cannot write: {error}", file=sys.stderr)
         return 2

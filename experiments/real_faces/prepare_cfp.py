@@ -26,8 +26,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from tfface import atomic, cli
 from tfface.data.alignment import arcface_template, umeyama, warp_similarity
-from tfface.data.image_io import read_rgb, write_atomic, write_png_atomic
+from tfface.data.image_io import read_rgb, write_png_atomic
 from tfface.errors import ConfigError
 
 TRAIN_IDENTITIES = range(1, 351)
@@ -106,7 +107,7 @@ def fallback_alignment(cfp: Path, aligned: Path, statuses: Dict[str, str], summa
         paths = [path for path in statuses if f"/{view}/" in path]
         detected = sum(statuses[path] == "aligned" for path in paths)
         summary[view] = {"photos": len(paths), "detected": detected, "detection_rate": detected / len(paths)}
-    write_atomic(summary_path, (json.dumps(summary, indent=2) + "\n").encode())
+    atomic.write_json(summary_path, summary)
     return summary
 
 
@@ -138,7 +139,7 @@ def training_set(aligned: Path, statuses: Dict[str, str], out: Path) -> None:
             link.symlink_to(crops / crop)
         rows.append(annotations[crop])
     table = out / "train_landmarks.csv"
-    write_atomic(table, "\n".join(",".join(row) for row in [header, *rows]).encode() + b"\n")
+    atomic.write_text(table, "\n".join(",".join(row) for row in [header, *rows]) + "\n")
     from tools import make_tfrecords
 
     code = make_tfrecords.main(["convert", "--input", str(links), "--out", str(records), "--landmarks", str(table)])
@@ -163,7 +164,7 @@ def fold_pairs(cfp: Path, aligned: Path, out: Path) -> None:
                              for key in ("path1", "path2"))
             sub_fold = (identity(row["path1"]) - FOLD_IDENTITIES.start) * SUB_FOLDS // len(FOLD_IDENTITIES)
             lines.append(f"{first},{second},{row['issame']},{sub_fold}")
-        write_atomic(target, ("\n".join(lines) + "\n").encode())
+        atomic.write_text(target, "\n".join(lines) + "\n")
 
 
 def mean_landmarks(out: Path) -> None:
@@ -206,8 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         summary = prepare(Path(args.cfp), Path(args.out), Path(args.aligned) if args.aligned else None)
     except (ConfigError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.user_error(error)
     for view in ("frontal", "profile"):
         print(f"{view}: MTCNN found the face in {summary[view]['detected']} of {summary[view]['photos']} photos "
               f"({100 * summary[view]['detection_rate']:.1f}%)")

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from experiments.real_faces import prepare_cfp  # noqa: E402
-from tfface.data.image_io import write_atomic  # noqa: E402
+from tfface import atomic, cli  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 
 DATA = Path("data/cfp")
@@ -81,7 +81,7 @@ def as_is_rows(onnx_path: Path, benchmarks: Dict[str, str]) -> Dict[str, Dict]:
     for name, path in benchmarks.items():
         rows["onnxruntime"][name], _ = evaluate_benchmark(parse_benchmark(f"{name}={path}"), embedder, flip="sum",
                                                           pca=0, n_folds=10, batch_size=64)
-    write_atomic(result_path, (json.dumps(rows, indent=2) + "\n").encode())
+    atomic.write_json(result_path, rows)
     return rows
 
 
@@ -97,7 +97,7 @@ def run_grid_seed_major(grid_path: Path) -> Dict:
     for count in range(1, len(grid.seeds)):
         partial = Path(grid.out) / f"seeds_{count}.yaml"
         partial.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(partial, yaml.safe_dump({**spec, "seeds": grid.seeds[:count]}).encode())
+        atomic.write_text(partial, yaml.safe_dump({**spec, "seeds": grid.seeds[:count]}))
         run_grid(partial)
     return run_grid(grid_path)
 
@@ -183,12 +183,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         grid_table = finished_grid(Path(args.grid)) if args.table_only else run_grid_seed_major(Path(args.grid))
         rows = table(as_is, grid_table, benchmarks)
     except (ConfigError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.user_error(error)
     report = Path(args.report)
     text = markdown(rows, benchmarks)
-    write_atomic(report.with_suffix(".md"), text.encode())
-    write_atomic(report.with_suffix(".json"), (json.dumps(rows, indent=2) + "\n").encode())
+    atomic.write_text(report.with_suffix(".md"), text)
+    atomic.write_json(report.with_suffix(".json"), rows)
     print(text, end="")
     return 0
 
