@@ -38,7 +38,7 @@ def teacher_gate_statistics(
     data_config = runs.read_config(teacher_dir)["data"]
     dataset = make_dataset(
         data_dir, prefix=prefix, batch_size=batch_size, training=False, flip=False,
-        image_size=data_config.get("image_size"), crop_size=data_config.get("crop_size"), features=("true_label",),
+        image_size=data_config["image_size"], crop_size=data_config["crop_size"], features=("true_label",),
     )
     ranks, labels, true_labels = [], [], []
     for batch in dataset:

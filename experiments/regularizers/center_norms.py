@@ -101,10 +101,10 @@ def embed_data_set(work_dir, data_dir, prefix: str = "train", batch_size: int = 
     data_config = runs.read_config(work_dir)["data"]
     run = runs.read_run(work_dir)
     backbone = runs.build_backbone(run, Path(work_dir) / runs.BACKBONE_WEIGHTS)
-    crop_size = data_config.get("crop_size")
+    crop_size = data_config["crop_size"]
     dataset = make_dataset(
         data_dir, prefix=prefix, batch_size=batch_size, training=False, flip=False,
-        image_size=data_config.get("image_size") or (None if crop_size else run["input_shape"][:2]),
+        image_size=data_config["image_size"] or (None if crop_size else run["input_shape"][:2]),
         crop_size=crop_size,
     )
     embeddings, labels = [], []

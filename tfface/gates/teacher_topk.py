@@ -43,7 +43,7 @@ def read_teacher(teacher_dir) -> Dict:
         **run,
         "num_classes": runs.num_classes(teacher_dir),
         "head": head_config["name"],
-        "head_options": head_config.get("options") or {},
+        "head_options": dict(head_config["options"] or {}),
         "head_weights": head_weights,
     }
 
