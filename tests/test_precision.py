@@ -111,7 +111,8 @@ def test_build_trainer_applies_the_precision_and_keeps_heads_float32():
         assert trainer.head.kernel.dtype == "float32" and outputs["logits"].dtype == tf.float32
         loss_scaled = isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
         assert loss_scaled == (precision == "mixed_float16"), precision
-    with pytest.raises(ConfigError, match="train.precision: unknown precision 'fp8'"):
+    allowed = r"\(expected one of float32, mixed_float16, mixed_bfloat16\)"
+    with pytest.raises(ConfigError, match=rf"train.precision: 'fp8' is not allowed {allowed}"):
         build_trainer(config_for("fp8"), NUM_CLASSES, steps_per_epoch=1, input_shape=INPUT_SHAPE)
 
 

@@ -99,9 +99,10 @@ class DropFirstExampleGate(Gate):
 
 
 def test_gated_out_example_contributes_no_gradient():
-    """A gated step on 8 examples equals an ungated step on the 7 kept ones with the loss rescaled by 7/8."""
+    """With scope "losses" (the gate weighs every per-example loss), a gated step on 8 examples equals an ungated step
+    on the 7 kept ones with the loss rescaled by 7/8. (The default scope, Algorithm 1's, is tested in test_latse.py.)"""
     batch = make_batch()
-    gated = make_trainer(gate=DropFirstExampleGate())
+    gated = make_trainer(gate=DropFirstExampleGate(scope="losses"))
     reference = make_trainer()
     reference.set_weights(gated.get_weights())
     with tf.GradientTape() as tape:

@@ -104,12 +104,14 @@ def prepare(config: RunConfig) -> Prepared:
         raise ConfigError(f"data.train: folder not found: {data.train}")
     check_output_folder(config.work_dir, "work_dir")
     check_writable_folder(config.work_dir, "work_dir")
+    keras.utils.set_random_seed(config.seed)
+    # the strategy before any TensorFlow op (the record scan runs some): multi-worker collectives are configured at
+    # program start-up or not at all
+    strategy = select_strategy(config.train.strategy)
     description = read_description(data.train, prefix=data.prefix)
     skip = check_records(config)
     steps_per_epoch = steps_per_epoch_for(config, description["num_examples"] if skip is None else skip.good)
     input_shape = input_shape_for(config, description)
-    keras.utils.set_random_seed(config.seed)
-    strategy = select_strategy(config.train.strategy)
     dataset = make_dataset(
         data.train, prefix=data.prefix, batch_size=config.train.batch_size, training=True,
         image_size=data.image_size, crop_size=data.crop_size, flip=data.flip, features=tuple(data.features),
