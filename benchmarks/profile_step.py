@@ -1,14 +1,16 @@
 """Where a training step's time goes: a tf.profiler trace of FaceTrainer steps, op self-time summed by part.
 
     python -m benchmarks.profile_step --backbone mobilefacenet --batch 32 --classes 10000 --steps 2 \\
-        [--scale 2] [--trace-dir DIR]
+        [--scale 2] [--ops 20] [--trace-dir DIR]
 
 Builds the step `benchmarks.bench_train` times (synthetic batch, ArcFace head, SGD with momentum 0.9 and weight
 decay 5e-4, fp32), runs `--warmup` untimed steps, traces `--steps` steps with `tf.profiler.experimental` and reads the
 trace's per-op statistics (TensorFlow's framework_op_stats tool). Each op's self time goes to a part by the layer
 its name belongs to (the forward op and its gradient alike): convolution, batch norm, PReLU, other backbone layers,
-the head and loss, the optimizer update, and the rest; "idle" is the time the profiler saw no op running (host-side
-Python and waiting). Prints ms per step and share per part. Op times on a loaded machine stretch with the load; read
+the head and loss, the optimizer update, and the rest; "unlisted" is the time the profiler saw no TensorFlow op
+running: host-side Python, waiting, and XLA-compiled kernels (the fused PReLU in training), which TensorFlow's op
+statistics do not list. Prints ms per step and share per part; `--ops N` also lists the N costliest (part, op type)
+pairs. Op times on a loaded machine stretch with the load; read
 the shares.
 """
 import argparse
@@ -31,7 +33,7 @@ from tfface import backbones, heads  # noqa: E402
 from tfface.training import FaceTrainer  # noqa: E402
 
 PARTS = ("convolution", "batch norm", "PReLU", "other backbone layers", "head and loss", "optimizer update", "other",
-         "idle")
+         "unlisted (host, waiting, XLA kernels)")
 LAYER_PARTS = {"Conv2D": "convolution", "DepthwiseConv2D": "convolution", "BatchNormalization": "batch norm",
                "PReLU": "PReLU"}
 OPTIMIZER_NAME = re.compile(r"(^|/)(SGD|sgd|optimizer)(/|_|$)|ResourceApply|AssignAddVariableOp")
@@ -78,7 +80,7 @@ def layer_classes(model: keras.Model) -> dict:
 def part_of(operation: str, op_type: str, backbone: keras.Model, layers: dict, head_name: str) -> str:
     """The part an op belongs to, from its name scope: [gradient_tape/]model/layer/..., head/..., optimizer."""
     if op_type == "IDLE":
-        return "idle"
+        return PARTS[-1]
     scopes = operation.split("/")
     if scopes[0] == "gradient_tape":
         scopes = scopes[1:]
@@ -104,6 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", type=int, default=10000)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--ops", type=int, default=0, help="also list the N costliest (part, op type) pairs")
     parser.add_argument("--trace-dir", help="keep the trace here (TensorBoard's profile plugin reads it)")
     args = parser.parse_args(argv)
     if min(args.batch, args.classes, args.steps) < 1 or args.warmup < 1:
@@ -125,12 +128,11 @@ def main(argv=None) -> int:
         tf.profiler.experimental.stop()
         rows = op_stats(trace_dir)
     layers = layer_classes(backbone)
-    totals = defaultdict(float)
+    totals, by_type = defaultdict(float), defaultdict(float)
     for row in rows:
-        totals[part_of(row["operation"], row["type"], backbone, layers, head.name)] += row["total_self_time"] or 0.0
-    if os.environ.get("PROFILE_STEP_DEBUG"):
-        for row in sorted(rows, key=lambda r: -(r["total_self_time"] or 0))[:60]:
-            print(part_of(row["operation"], row["type"], backbone, layers, head.name), row["type"], row["operation"], row["total_self_time"])
+        part = part_of(row["operation"], row["type"], backbone, layers, head.name)
+        totals[part] += row["total_self_time"] or 0.0
+        by_type[(part, row["type"])] += row["total_self_time"] or 0.0
     traced = sum(totals.values())
     scale = f" scale {args.scale}" if args.scale else ""
     print(f"{args.backbone}{scale} + arcface ({args.classes} classes), batch {args.batch}, {args.size[0]}x"
@@ -139,6 +141,10 @@ def main(argv=None) -> int:
     print("| part | ms per step | share |\n|---|---|---|")
     for part in PARTS:
         print(f"| {part} | {totals[part] / 1000 / args.steps:.0f} | {totals[part] / max(traced, 1e-9):.1%} |")
+    if args.ops > 0:
+        print("\n| part | op type | ms per step |\n|---|---|---|")
+        for (part, op_type), micros in sorted(by_type.items(), key=lambda item: -item[1])[:args.ops]:
+            print(f"| {part} | {op_type} | {micros / 1000 / args.steps:.1f} |")
     return 0
 
 

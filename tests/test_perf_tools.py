@@ -25,6 +25,16 @@ def test_profile_step_splits_a_traced_step_into_parts(capsys):
     assert shares["convolution"] > 0 and shares["batch norm"] > 0 and shares["head and loss"] > 0
 
 
+def test_profile_step_lists_the_costliest_op_types(capsys):
+    assert profile_step.main(["--backbone", "tiny", "--batch", "2", "--size", "32", "32", "--classes", "10",
+                              "--warmup", "1", "--steps", "1", "--ops", "3"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("| part | op type | ms per step |")[1].strip().splitlines()[1:]
+    assert len(listed) == 3 and all(line.count("|") == 4 for line in listed)
+    times = [float(line.strip("|").split("|")[2]) for line in listed]
+    assert times == sorted(times, reverse=True)
+
+
 def test_profile_step_names_ops_by_their_layer():
     model = profile_step.backbones.get_backbone("tiny", input_shape=(32, 32, 3))
     layers = profile_step.layer_classes(model)
@@ -35,7 +45,7 @@ def test_profile_step_names_ops_by_their_layer():
     assert part(f"{model.name}_1/stem_bn_1/FusedBatchNormV3") == "batch norm"
     assert part("arc_face_head_1/MatMul") == "head and loss"
     assert part("sgd/AssignSubVariableOp_3", "AssignSubVariableOp") == "optimizer update"
-    assert part("IDLE", "IDLE") == "idle"
+    assert part("IDLE", "IDLE") == profile_step.PARTS[-1]
     assert part("AddN_4") == "other"
 
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import keras
 
 from tfface.backbones.blocks import backbone_model, batch_norm, check_options, image_input, prelu, torch_padding
-from tfface.backbones.grouped_conv import GroupedConv2D
+from tfface.backbones.conv import Conv2D
 
 
 def _conv_block(x, filters: int, kernel_size: int, strides: int, name: str, sync_batchnorm: bool,
@@ -28,13 +28,9 @@ def _conv_block(x, filters: int, kernel_size: int, strides: int, name: str, sync
         conv = keras.layers.DepthwiseConv2D(
             kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv"
         )
-    elif groups > 1:  # Conv2D(groups=...)'s variables, computed fast (see grouped_conv)
-        conv = GroupedConv2D(
+    else:  # keras Conv2D's variables; grouped and pointwise convs computed fast (see backbones.conv)
+        conv = Conv2D(
             filters, kernel_size, strides=strides, padding=padding, groups=groups, use_bias=False, name=f"{name}_conv"
-        )
-    else:
-        conv = keras.layers.Conv2D(
-            filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{name}_conv"
         )
     x = batch_norm(f"{name}_bn", sync_batchnorm)(conv(x))
     return prelu(f"{name}_prelu")(x) if activation else x

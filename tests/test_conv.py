@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 
 from tfface.backbones import get_backbone
-from tfface.backbones.grouped_conv import DEPTHWISE_MAX_GROUP_INPUTS, GroupedConv2D, grouped_conv2d
+from tfface.backbones.conv import DEPTHWISE_MAX_GROUP_INPUTS, Conv2D, GroupedConv2D, grouped_conv2d, pointwise_conv2d
 
 
 def _numpy_grouped_conv(x, kernel, groups, stride, padding, dilation=1):
@@ -112,3 +112,37 @@ def test_mobilefacenet_scale2_stage1_is_a_grouped_conv_with_conv2d_kernel_layout
     assert tuple(conv.kernel.shape) == (3, 3, 2, 128)  # insightface's Conv2d(128, 128, groups=64) weight, HWIO
     assert isinstance(get_backbone("mobilefacenet", input_shape=(32, 32, 3)).get_layer("stage1_conv"),
                       keras.layers.DepthwiseConv2D)  # scale 1: groups == channels, a true depthwise conv
+
+
+@pytest.mark.parametrize("use_bias, activation", [(False, None), (True, "relu")])
+def test_pointwise_conv_trains_as_a_matmul_with_keras_outputs_and_gradients(use_bias, activation):
+    x = tf.constant(np.random.default_rng(5).normal(size=(2, 5, 6, 4)).astype("float32"))
+    reference = keras.layers.Conv2D(3, 1, use_bias=use_bias, activation=activation)
+    ours = Conv2D(3, 1, use_bias=use_bias, activation=activation)
+    for layer in (reference, ours):
+        layer.build(x.shape)
+    ours.set_weights([w + 0.3 for w in reference.get_weights()])
+    reference.set_weights(ours.get_weights())
+    kernel = ours.kernel.numpy()
+    # numpy from the definition: y[n, h, w, o] = sum_i x[n, h, w, i] kernel[0, 0, i, o]
+    expected = np.einsum("nhwi,io->nhwo", x.numpy(), kernel[0, 0])
+    np.testing.assert_allclose(np.asarray(pointwise_conv2d(x, kernel)), expected, rtol=1e-5, atol=1e-5)
+    weights = tf.constant(np.random.default_rng(6).normal(size=(2, 5, 6, 3)).astype("float32"))
+
+    def value_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * weights)
+        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    got = value_and_gradients(ours)
+    for value, reference_value in zip(got, value_and_gradients(reference)):
+        np.testing.assert_allclose(value.numpy(), reference_value.numpy(), rtol=1e-5, atol=1e-5)
+    if activation is None:  # d loss / d kernel = sum over pixels of x_i * weights_o
+        np.testing.assert_allclose(got[2].numpy()[0, 0], np.einsum("nhwi,nhwo->io", x.numpy(), weights.numpy()),
+                                   rtol=1e-4, atol=1e-4)
+    # inference keeps the convolution op (exported graphs hold a Conv2D, not a MatMul)
+    graph = tf.function(lambda v: ours(v, training=False)).get_concrete_function(x).graph
+    assert {op.type for op in graph.get_operations()} & {"Conv2D"} and "MatMul" not in {
+        op.type for op in graph.get_operations()}
