@@ -10,8 +10,7 @@ its name belongs to (the forward op and its gradient alike): convolution, batch 
 the head and loss, the optimizer update, and the rest; "unlisted" is the time the profiler saw no TensorFlow op
 running: host-side Python, waiting, and XLA-compiled kernels (the fused PReLU in training), which TensorFlow's op
 statistics do not list. Prints ms per step and share per part; `--ops N` also lists the N costliest (part, op type)
-pairs. Op times on a loaded machine stretch with the load; read
-the shares.
+pairs. Op times on a loaded machine stretch with the load; read the shares.
 """
 import argparse
 import glob

@@ -77,7 +77,6 @@ class Conv2D(keras.layers.Conv2D):
         return grouped_conv2d(inputs, kernel, self.groups, strides=self.strides, padding=self.padding,
                               dilation_rate=self.dilation_rate)
 
-
     def _pointwise(self) -> bool:
         return (self.groups == 1 and tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1)
                 and tuple(self.dilation_rate) == (1, 1))

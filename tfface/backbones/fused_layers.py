@@ -54,10 +54,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return ops.cast(y, self.compute_dtype)
 
 
-
-def _reduced_axes(rank: int, alpha_shape: Sequence[int]) -> list:
-    """The axes of an input of `rank` that alpha (shape = input shape without the batch axis, shared axes 1) is
-    broadcast along: the batch axis and every axis where alpha has size 1."""
+def _reduced_axes(alpha_shape: Sequence[int]) -> list:
+    """The input axes alpha (shape = the input's without the batch axis, shared axes 1) is broadcast along: the
+    batch axis and every axis where alpha has size 1."""
     return [0] + [axis + 1 for axis, size in enumerate(alpha_shape) if size == 1]
 
 
@@ -73,7 +72,7 @@ def _prelu_gradient(x, alpha, upstream):
     positive = x > 0
     d_x = tf.where(positive, upstream, alpha * upstream)
     d_alpha = tf.reduce_sum(tf.where(positive, tf.zeros_like(x), upstream * x),
-                            axis=_reduced_axes(len(x.shape), alpha.shape), keepdims=True)
+                            axis=_reduced_axes(alpha.shape), keepdims=True)
     return d_x, tf.reshape(d_alpha, tf.shape(alpha))
 
 
