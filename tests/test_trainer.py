@@ -239,3 +239,32 @@ def test_stage_without_identity_loss_and_with_frozen_parts_changes_nothing_it_sh
     assert regularizer.calls.numpy() == calls and logs["identity_loss"] > 0
     with pytest.raises(ValueError, match="unknown plug-in.*ghost"):
         trainer.set_stage(plugins=["ghost"])
+
+
+class LinearDecoder(Branch):
+    """A cooperative branch trained by the main optimizer: sum of squares of a Dense(2) of the embedding."""
+
+    def build_for(self, features_spec, head):
+        self.decoder = keras.layers.Dense(2, name="decoder")
+        self.decoder.build((None, features_spec["embedding"][-1]))
+        self.built = True
+
+    def cooperative_variables(self):
+        return self.decoder.trainable_variables
+
+    def loss(self, context):
+        return tf.reduce_sum(tf.square(self.decoder(context.features["embedding"])), axis=1)
+
+
+def test_a_stage_without_a_cooperative_branch_leaves_it_alone_and_warns_of_no_missing_gradient(recwarn):
+    branch = LinearDecoder(weight=1.0, name="decoder")
+    trainer = make_trainer(branches=[branch])
+    trainer.set_stage(plugins=[])
+    before = [v.numpy().copy() for v in branch.cooperative_variables()]
+    one_step(trainer, make_batch())
+    for value, old in zip(branch.cooperative_variables(), before):
+        np.testing.assert_array_equal(value.numpy(), old)
+    assert not [w for w in recwarn if "Gradients do not exist" in str(w.message)]
+    trainer.set_stage(plugins=["decoder"])  # the branch's stage: the main optimizer trains it
+    one_step(trainer, make_batch())
+    assert any(not np.array_equal(value.numpy(), old) for value, old in zip(branch.cooperative_variables(), before))

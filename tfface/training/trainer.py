@@ -145,11 +145,11 @@ class FaceTrainer(keras.Model):
             super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _main_variables(self) -> List[tf.Variable]:
-        """Variables the main optimizer updates: backbone, head and cooperative branch variables of branches
-        that have no optimizer of their own."""
+        """Variables the main optimizer updates: backbone, head and cooperative branch variables of the stage's
+        active branches that have no optimizer of their own (an inactive branch gets no gradient)."""
         variables = list(self.backbone.trainable_variables) + list(self.head.trainable_variables)
         for branch in self.branches:
-            if branch.optimizer is None:
+            if branch.optimizer is None and branch.name in self.active_plugins:
                 variables += list(branch.cooperative_variables())
         return variables
 
