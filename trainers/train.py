@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfface.data import verify  # noqa: E402
+from tfface.data import recordio, verify  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.verify import Scan  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
@@ -78,11 +78,20 @@ def _init_from(trainer, run_dir: str) -> None:
             print(f"init_from: head not loaded ({error}); starting the head from scratch")
 
 
+def describe_data(data) -> Dict:
+    """The description of `data.train`: an insightface folder's (train.rec) or a TFRecord data set's."""
+    if recordio.is_insightface_folder(data.train, data.prefix):
+        return recordio.InsightfaceFolder(data.train, data.prefix).description()
+    return read_description(data.train, prefix=data.prefix)
+
+
 def check_records(config: RunConfig) -> Optional[Scan]:
-    """Reads every record before training (tfface.data.verify). Bad records stop the run with one line naming the
-    first (data.on_bad_record: error), or are left out (skip: returns the scan for the pipeline)."""
+    """Reads every record before training (tfface.data.verify, or recordio.scan for an insightface folder). Bad
+    records stop the run with one line naming the first (data.on_bad_record: error), or are left out (skip: returns
+    the scan for the pipeline)."""
     data = config.data
-    scan = verify.scan(data.train, data.prefix)
+    insightface = recordio.is_insightface_folder(data.train, data.prefix)
+    scan = recordio.scan(data.train, data.prefix) if insightface else verify.scan(data.train, data.prefix)
     if not scan.bad:
         return None
     if data.on_bad_record == "error":
@@ -99,7 +108,8 @@ def prepare(config: RunConfig) -> Prepared:
     """Everything before `fit`: data, strategy, trainer, callbacks. Bad input raises ValueError (ConfigError) naming it."""
     data = config.data
     if not data.train:
-        raise ConfigError("data.train is not set (a folder written by tools.make_tfrecords or tools.synth)")
+        raise ConfigError("data.train is not set (a folder written by tools.make_tfrecords or tools.synth, or an "
+                          "insightface folder with train.rec, train.idx and property)")
     if not os.path.isdir(data.train):
         raise ConfigError(f"data.train: folder not found: {data.train}")
     check_output_folder(config.work_dir, "work_dir")
@@ -108,7 +118,7 @@ def prepare(config: RunConfig) -> Prepared:
     # the strategy before any TensorFlow op (the record scan runs some): multi-worker collectives are configured at
     # program start-up or not at all
     strategy = select_strategy(config.train.strategy)
-    description = read_description(data.train, prefix=data.prefix)
+    description = describe_data(data)
     skip = check_records(config)
     steps_per_epoch = steps_per_epoch_for(config, description["num_examples"] if skip is None else skip.good)
     input_shape = input_shape_for(config, description)

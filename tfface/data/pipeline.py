@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfface.data import schema
+from tfface.data import recordio, schema
 from tfface import atomic
 from tfface.data.writer import read_description
 
@@ -283,7 +283,8 @@ def make_dataset(
     drop_remainder: bool | None = None,
     skip=None,
 ) -> tf.data.Dataset:
-    """Batches of dicts from the shards of `data_dir/<prefix>.json` (written by ShardedTFRecordWriter).
+    """Batches of dicts from the shards of `data_dir/<prefix>.json` (written by ShardedTFRecordWriter), or from an
+    insightface folder's `<prefix>.rec` / `.idx` / `property` (tfface.data.recordio; images and labels only).
 
     Each batch: "image" float32 [N, h, w, 3] normalised by `normalize_images`, "label" int32 [N], plus each name in
     `features` (any of EXTRA_FEATURES): "landmarks" float32 [N, M, 2] as (x / w, y / h) of the output image,
@@ -301,13 +302,15 @@ def make_dataset(
       repeat, drop_remainder: default to `training`.
       cache: True caches decoded images in memory, a str caches them in that file (see `prepare_cache_file`).
       seed: makes shuffling and augmentation reproducible.
-      skip: a `verify.Scan` of the data set: its bad records are left out, and every example holds
+      skip: a `verify.Scan` (a `recordio.Scan` for an insightface folder) of the data set: its bad records are left out, and every example holds
         "skipped_records" int32, the bad records left out just before it (summed over an epoch: the skipped count).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory not found: {data_dir}")
-    description = read_description(data_dir, prefix)
+    insightface = recordio.InsightfaceFolder(data_dir, prefix) if recordio.is_insightface_folder(data_dir, prefix) \
+        else None
+    description = insightface.description() if insightface is not None else read_description(data_dir, prefix)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not isinstance(shuffle_buffer, (int, np.integer)) or shuffle_buffer < 1:
@@ -334,7 +337,10 @@ def make_dataset(
     drop_remainder = training if drop_remainder is None else drop_remainder
 
     augment = _Augmenter(image_size, crop_size, training, flip, features, description.get("feature_shapes", {}))
-    if skip is None:
+    decode = augment.decode
+    if insightface is not None:
+        dataset, decode = recordio.encoded_examples(insightface, training, seed, skip), recordio.decode
+    elif skip is None:
         dataset = _read_records(files, training, seed)
     else:
         dataset = _read_good_records(files, skip, training, seed)
@@ -342,7 +348,7 @@ def make_dataset(
         tf.data.experimental.assert_cardinality(description["num_examples"] if skip is None else skip.good)
     )
     if cache:
-        dataset = dataset.map(augment.decode, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.cache("" if cache is True else prepare_cache_file(cache))
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -350,7 +356,7 @@ def make_dataset(
         dataset = dataset.repeat()
 
     def prepare(record, element_seed=None):
-        return augment(record if cache else augment.decode(record), element_seed)
+        return augment(record if cache else decode(record), element_seed)
 
     if training:
         seeds = tf.data.Dataset.random(seed=seed)
