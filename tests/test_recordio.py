@@ -184,3 +184,92 @@ def write_bin(path: Path, images: list, issame: list) -> Path:
     """An insightface .bin: a pickle of (list of 2P encoded images, list of P bools)."""
     path.write_bytes(pickle.dumps(([encode(image, "PNG") for image in images], issame), protocol=4))
     return path
+
+
+def pattern(label: int, rng) -> np.ndarray:
+    """20x20 noise with a bright square at the identity's own place (tests/test_train_cli.py's tiny faces)."""
+    image = rng.integers(0, 60, size=(20, 20, 3)).astype(np.uint8)
+    row, col = divmod(label, 2)
+    image[2 + 9 * row:8 + 9 * row, 2 + 9 * col:8 + 9 * col] = 230
+    return image
+
+
+@pytest.fixture(scope="module")
+def emore(tmp_path_factory) -> Path:
+    """A faces_emore-like folder: record 0 header, 4 identities x 12 JPEG faces, identity records, and lfw.bin
+    (10 folds of one same and one different pair of fresh faces, as insightface reads a .bin: contiguous folds)."""
+    root = tmp_path_factory.mktemp("faces_emore")
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 12)
+    records = {0: pack([49.0, 53.0], b"")}
+    for key, label in enumerate(labels, 1):
+        records[key] = pack(label, encode(pattern(int(label), rng), "JPEG"), key)
+    for identity in range(4):
+        records[49 + identity] = pack([1.0 + 12 * identity, 13.0 + 12 * identity], b"")
+    write_folder(root, records, num_classes=4, size=(20, 20))
+    images, issame = [], []
+    for first in range(10):
+        images += [pattern(first % 4, rng), pattern(first % 4, rng), pattern(first % 4, rng),
+                   pattern((first + 1) % 4, rng)]
+        issame += [True, False]
+    write_bin(root / "lfw.bin", images, issame)
+    return root
+
+
+def emore_config(tmp_path: Path, root: Path, *evaluation: str) -> list:
+    text = (
+        "backbone: {name: tiny, options: {embedding_size: 8}}\n"
+        "head: {name: softmax}\n"
+        f"data: {{train: {root}, crop_size: [16, 16], shuffle_buffer: 64}}\n"
+        "train: {epochs: 3, batch_size: 8, verbose: 2}\n"
+        "schedule: {name: constant, learning_rate: 0.05}\n"
+        f"work_dir: {tmp_path / 'run'}\n"
+    )
+    (tmp_path / "config.yaml").write_text(text)
+    sets = [f"evaluation.benchmarks=[lfw={root / 'lfw.bin'}]", "evaluation.image_size=[16, 16]", *evaluation]
+    return ["--config", str(tmp_path / "config.yaml"), *[item for override in sets for item in ("--set", override)]]
+
+
+def test_trains_from_recordio_with_bin_verification_and_keeps_the_best(tmp_path, emore, capsys):
+    import csv
+    import json
+
+    from tfface import runs
+    from tfface.evaluation.benchmarks import parse_benchmark
+    from tfface.training.verification_callback import load_benchmark, verify_loaded
+    from trainers.train import main
+
+    assert main(emore_config(tmp_path, emore, "evaluation.keep_best=lfw")) == 0
+    assert "on 48 images of 4 identities" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    accuracies = [float(row["lfw_accuracy"]) for row in rows]
+    assert len(accuracies) == 3 and all(0.0 <= value <= 1.0 for value in accuracies)
+    assert all(0.0 <= float(row["lfw_auc"]) <= 1.0 for row in rows)
+    best_dir = tmp_path / "run" / "best"
+    best = json.loads((best_dir / "best.json").read_text())
+    assert best["benchmark"] == "lfw" and best["accuracy"] == pytest.approx(max(accuracies))
+    assert best["epoch"] == 1 + accuracies.index(max(accuracies))
+    # the kept backbone gives the recorded accuracy again
+    backbone = runs.build_backbone(runs.read_run(best_dir), best_dir / "backbone.weights.h5")
+    loaded = load_benchmark(parse_benchmark(f"lfw={emore / 'lfw.bin'}"), (16, 16))
+    assert float(verify_loaded(backbone, loaded)["accuracy_mean"]) == pytest.approx(best["accuracy"])
+
+
+def test_verification_every_n_steps(tmp_path, emore, capsys):
+    from trainers.train import main
+
+    assert main(emore_config(tmp_path, emore, "evaluation.every_steps=4", "train.epochs=2")) == 0
+    out = capsys.readouterr().out
+    steps = [int(line.split()[3]) for line in out.splitlines() if line.startswith("verification at step")]
+    assert steps == [4, 8, 12]  # 2 epochs x 6 steps
+    events = list((tmp_path / "run" / "logs" / "verification").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+
+
+def test_bad_evaluation_settings_are_one_line(tmp_path, emore, capsys):
+    from trainers.train import main
+
+    assert main(emore_config(tmp_path, emore, "evaluation.keep_best=agedb_30")) == 2
+    assert "error: evaluation.keep_best: no benchmark named 'agedb_30' (benchmarks: lfw)" in capsys.readouterr().err
+    assert main(emore_config(tmp_path, emore, f"evaluation.benchmarks=[cfp_fp={tmp_path / 'none.bin'}]")) == 2
+    assert f"error: benchmark cfp_fp: not found: {tmp_path / 'none.bin'}" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,6 +23,7 @@ from tfface.data import recordio, verify  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.verify import Scan  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
+from tfface.evaluation.benchmarks import Benchmark, parse_benchmark  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder, check_writable_folder  # noqa: E402
 from tfface.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
 from tfface.training.callbacks import (  # noqa: E402
@@ -140,13 +142,22 @@ def callbacks_for(config: RunConfig) -> List[keras.callbacks.Callback]:
     write), the epoch's commit (backup, checkpoint, history.csv), TensorBoard."""
     evaluation = config.evaluation
     callbacks = [StopOnNonFinite()]
+    benchmarks = [parse_benchmark(spec, flag="evaluation.benchmarks") for spec in evaluation.benchmarks]
     if evaluation.pairs_dir:
-        callbacks.append(
-            VerificationCallback(
-                evaluation.pairs_dir, every_epochs=evaluation.every_epochs,
-                image_size=evaluation.image_size, batch_size=evaluation.batch_size,
-            )
-        )
+        if not os.path.isfile(os.path.join(evaluation.pairs_dir, "pairs.txt")):
+            raise ConfigError(f"evaluation.pairs_dir: no pairs.txt in '{evaluation.pairs_dir}'")
+        benchmarks.insert(0, Benchmark("verification", "lfw", Path(evaluation.pairs_dir)))
+    if evaluation.keep_best is not None and not benchmarks:
+        raise ConfigError(f"evaluation.keep_best: {evaluation.keep_best}, but no evaluation.benchmarks are set")
+    if benchmarks:
+        try:
+            callbacks.append(VerificationCallback(
+                benchmarks, every_epochs=evaluation.every_epochs, every_steps=evaluation.every_steps,
+                image_size=evaluation.image_size, batch_size=evaluation.batch_size, keep_best=evaluation.keep_best,
+                work_dir=config.work_dir,
+            ))
+        except ValueError as error:
+            raise ConfigError(f"evaluation.{error}") from None
     callbacks += [
         EpochCommit(config.work_dir, checkpoints=config.train.checkpoint_every_epoch),
         keras.callbacks.TensorBoard(log_dir=os.path.join(config.work_dir, "logs"), write_graph=False),

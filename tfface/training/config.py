@@ -101,8 +101,14 @@ class ScheduleConfig(check.Section):
 
 @dataclass
 class EvaluationConfig(check.Section):
-    pairs_dir: Optional[str] = check.field(None, check.optional(check.text))  # LFW layout, verified every_epochs
+    pairs_dir: Optional[str] = check.field(None, check.optional(check.text))  # LFW layout, logged as verification_*
+    # NAME=PATH as tools.evaluate's --benchmark: a .bin, an LFW folder, a pairs CSV, a CFP folder (arcface_torch's
+    # val_targets); logged as NAME_accuracy, NAME_accuracy_std, NAME_auc
+    benchmarks: List[str] = check.field([], check.names)
     every_epochs: int = check.field(1, check.integer(1))
+    every_steps: Optional[int] = check.field(None, check.optional(check.integer(1)))  # set: every N optimizer steps
+    # a benchmark's NAME (or `verification` for pairs_dir): the best backbone by its accuracy kept in work_dir/best/
+    keep_best: Optional[str] = check.field(None, check.optional(check.text))
     image_size: Optional[List[int]] = check.field(None, check.optional(check.size))
     batch_size: int = check.field(64, check.integer(1))
 
