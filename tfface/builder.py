@@ -49,6 +49,7 @@ def build_schedule(spec: ScheduleConfig, steps_per_epoch: int, epochs: int) -> W
             boundaries=[int(round(epoch * steps_per_epoch)) for epoch in spec.boundaries],
             decay=spec.decay,
             min_learning_rate=spec.min_learning_rate,
+            power=spec.power,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

@@ -26,7 +26,7 @@ TensorFlow's error.
 import mmap
 import struct
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -39,6 +39,7 @@ FRAME = struct.Struct("<II")  # magic, lrecord
 IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG")
 _SCAN_CHUNK = 1 << 20  # records whose headers are gathered at once
+CHUNK_BYTES = 16 << 20  # the spans of the .rec tf.data reads as one string each
 
 
 def is_insightface_folder(folder, prefix: str = "train") -> bool:
@@ -205,74 +206,142 @@ class Scan(NamedTuple):
         return {record.index for record in self.bad}
 
 
+class RecordTable(NamedTuple):
+    """Where each image record's image lies, per position in `InsightfaceFolder.keys`.
+
+    image_offsets, image_lengths: int64 [N], the image bytes in the .rec (offset -1: see `joined`, or bad);
+    labels: int32 [N]; joined: position -> image bytes of the good records not read in one piece (stored in parts);
+    bad: the bad records.
+    """
+
+    image_offsets: np.ndarray
+    image_lengths: np.ndarray
+    labels: np.ndarray
+    joined: Dict[int, bytes]
+    bad: List[BadRecord]
+
+
 def _gather(data: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     """uint8 [len(starts), width]: the bytes at each start (starts + width <= len(data))."""
     return data[starts[:, None] + np.arange(width)]
 
 
-def scan(folder, prefix: str = "train") -> Scan:
-    """Checks the framing, header, label and image signature of every image record (see the module docstring)."""
-    data = InsightfaceFolder(folder, prefix)
+def read_table(data: InsightfaceFolder) -> RecordTable:
+    """Reads the framing, header, label and image signature of every image record: vectorised over the .idx for
+    whole records (cflag 0), one by one for the others (records in parts, and the bad ones, whose problem is
+    named)."""
     size = data.file.size
     raw = np.frombuffer(data.file._map, np.uint8) if size else np.zeros(0, np.uint8)
+    count = len(data)
+    image_offsets = np.full(count, -1, np.int64)
+    image_lengths = np.zeros(count, np.int64)
+    labels = np.zeros(count, np.int32)
+    joined: Dict[int, bytes] = {}
     bad: List[BadRecord] = []
-    head = FRAME.size + IR_HEADER.size + 4  # frame, IRHeader, first label of a vector, or the image's signature
-    for begin in range(0, len(data), _SCAN_CHUNK):
+    head = FRAME.size + IR_HEADER.size + 4  # frame, IRHeader, the first label of a vector
+    for begin in range(0, count, _SCAN_CHUNK):
         offsets = data.offsets[begin:begin + _SCAN_CHUNK]
         whole = (offsets >= 0) & (offsets + head <= size)
-        starts = np.where(whole, offsets, 0)
-        raw_head = _gather(raw, starts, head) if size >= head else np.zeros((len(offsets), head), np.uint8)
+        raw_head = _gather(raw, np.where(whole, offsets, 0), head) if size >= head else \
+            np.zeros((len(offsets), head), np.uint8)
         words = raw_head[:, :8].copy().view("<u4")
-        lrecord = words[:, 1]
-        simple = whole & (words[:, 0] == MAGIC) & (lrecord >> LENGTH_BITS == 0)
-        length = (lrecord & ((1 << LENGTH_BITS) - 1)).astype(np.int64)
+        length = (words[:, 1] & ((1 << LENGTH_BITS) - 1)).astype(np.int64)
         flag = raw_head[:, 8:12].copy().view("<u4")[:, 0].astype(np.int64)
-        scalar = raw_head[:, 12:16].copy().view("<f4")[:, 0]
-        simple &= (offsets + FRAME.size + length <= size) & (length >= IR_HEADER.size + 4 + 4 * flag)
-        label = np.where(flag == 0, scalar, raw_head[:, 32:36].copy().view("<f4")[:, 0])
-        image_at = np.where(flag == 0, FRAME.size + IR_HEADER.size, FRAME.size + IR_HEADER.size + 4 * flag)
-        signature = _gather(raw, np.where(simple, offsets + image_at, 0), 4) if size >= 4 else raw_head[:, :4]
+        label = np.where(flag == 0, raw_head[:, 12:16].copy().view("<f4")[:, 0],
+                         raw_head[:, 32:36].copy().view("<f4")[:, 0])
+        image_at = offsets + FRAME.size + IR_HEADER.size + 4 * flag
+        clean = whole & (words[:, 0] == MAGIC) & (words[:, 1] >> LENGTH_BITS == 0)
+        clean &= (offsets + FRAME.size + length <= size) & (length >= IR_HEADER.size + 4 * flag + 4)
+        signature = _gather(raw, np.where(clean, image_at, 0), 4) if size >= 4 else raw_head[:, :4]
         jpeg = (signature[:, 0] == 0xFF) & (signature[:, 1] == 0xD8) & (signature[:, 2] == 0xFF)
-        png = (signature[:, 0] == 0x89) & (signature[:, 1:4] == np.frombuffer(b"PNG", np.uint8)).all(axis=1)
-        good_label = np.isfinite(label) & (label >= 0) & (label < data.num_classes) & (label == np.floor(label))
-        clean = simple & good_label & (jpeg | png)
-        for position in begin + np.flatnonzero(~clean):  # the slow path names what is wrong
+        png = (signature[:, :4] == np.frombuffer(b"\x89PNG", np.uint8)).all(axis=1)
+        clean &= np.isfinite(label) & (label >= 0) & (label < data.num_classes) & (label == np.floor(label))
+        clean &= jpeg | png
+        positions = begin + np.flatnonzero(clean)
+        image_offsets[positions] = image_at[clean]
+        image_lengths[positions] = (offsets + FRAME.size + length - image_at)[clean]
+        labels[positions] = label[clean].astype(np.int32)
+        for position in begin + np.flatnonzero(~clean):  # one by one: records in parts, and naming the bad ones
             try:
-                data.read(int(position))
+                image, labels[position] = data.read(int(position))
+                joined[int(position)] = image
             except RecordError as error:
                 bad.append(data.bad_record(int(position), str(error)))
-    return Scan(len(data), bad)
+    return RecordTable(image_offsets, image_lengths, labels, joined, bad)
+
+
+def scan(folder, prefix: str = "train") -> Scan:
+    """Checks every image record of an insightface folder (see the module docstring and `read_table`)."""
+    data = InsightfaceFolder(folder, prefix)
+    return Scan(len(data), read_table(data).bad)
 
 
 def encoded_examples(data: InsightfaceFolder, training: bool, seed: Optional[int], skip: Optional[Scan] = None
                      ) -> tf.data.Dataset:
-    """{"encoded" string, "label" int32, "skipped_records" int32} per image record: in .idx order, or (training) a
-    fresh permutation of all records per pass, seeded by `seed` and the pass number. With `skip` (a `Scan`) its bad
-    records are left out and "skipped_records" counts them on each pass's first example (0 on the others); without it a bad
-    record raises ValueError naming the file and record."""
-    bad = np.isin(data.keys, np.fromiter(skip.bad_keys(), np.int64)) if skip is not None else \
-        np.zeros(len(data), bool)
-    passes = iter(range(1 << 62))
+    """{"encoded" string, "label" int32(, "skipped_records" int32)} per image record, read by tf.data alone.
 
-    def generate() -> Iterator[Tuple[bytes, int, int]]:
-        order = np.flatnonzero(~bad)
-        if training:
-            order = np.random.default_rng([seed or 0, next(passes)]).permutation(order)
-        skipped = int(bad.sum())  # counted once per pass, on its first example
-        for position in order:
-            try:
-                image, label = data.read(int(position))
-            except RecordError as error:
-                raise ValueError(data.bad_record(int(position), str(error)).line()) from None
-            yield image, label, skipped
-            skipped = 0
+    The .rec is cut into spans of about CHUNK_BYTES at record boundaries; each span is read as one string
+    (FixedLengthRecordDataset with its offset as header) and its images cut out of it (tf.strings.substr), records
+    stored in parts coming from a small in-memory table. Not training: in file order (the .idx order of the
+    distributed folders). Training: the spans are
+    shuffled each pass and 16 read at once, interleaved (the TFRecord shards' scheme; make_dataset's shuffle buffer
+    follows). Bad records (found by `read_table`) are never read: without `skip` the first raises ValueError
+    naming file and record; with `skip` (a `Scan`) they are left out and "skipped_records" counts them on each pass's
+    first example (0 on the others).
+    """
+    table = read_table(data)
+    if table.bad and skip is None:
+        raise ValueError(table.bad[0].line())
+    good = np.ones(len(data), bool)
+    if table.bad:
+        good[np.isin(data.keys, np.fromiter((record.index for record in table.bad), np.int64))] = False
+    positions = np.flatnonzero(good)
+    positions = positions[np.argsort(data.offsets[positions], kind="stable")]  # file order
+    # spans of records in file order; a record in parts sits in its neighbours' span and is read from `joined`
+    offsets = table.image_offsets[positions]
+    known = offsets >= 0
+    span_of = data.offsets[positions] // CHUNK_BYTES
+    spans, first = np.unique(span_of, return_index=True)
+    counts = np.diff(np.append(first, len(positions)))
+    ends = np.where(known, offsets + table.image_lengths[positions], 0)
+    span_start = np.array([offsets[a:a + n][known[a:a + n]].min() if known[a:a + n].any() else 0
+                           for a, n in zip(first, counts)], np.int64)
+    span_end = np.maximum.reduceat(ends, first) if len(first) else np.zeros(0, np.int64)
+    span_length = np.maximum(span_end - span_start, 1)
+    joined_order = {position: number for number, position in enumerate(sorted(table.joined))}
+    joined_bytes = tf.constant([table.joined[position] for position in sorted(table.joined)] or [b""])
+    record_offset = tf.constant(np.where(known, offsets - np.repeat(span_start, counts), -1))
+    record_length = tf.constant(table.image_lengths[positions])
+    record_label = tf.constant(table.labels[positions])
+    record_joined = tf.constant(np.array([joined_order.get(int(p), 0) for p in positions], np.int64))
+    path, size = str(data.rec_path), data.file.size
+    starts, lengths = tf.constant(span_start), tf.constant(span_length)
+    firsts, numbers = tf.constant(first.astype(np.int64)), tf.constant(counts.astype(np.int64))
 
-    signature = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32))
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    def span_records(span):
+        blob = tf.data.FixedLengthRecordDataset(path, lengths[span], header_bytes=starts[span],
+                                                footer_bytes=size - starts[span] - lengths[span])
+
+        def cut(text):
+            records = tf.range(firsts[span], firsts[span] + numbers[span])
+            offset = tf.gather(record_offset, records)
+            pieces = tf.strings.substr(text, tf.maximum(offset, 0), tf.gather(record_length, records))
+            encoded = tf.where(offset >= 0, pieces, tf.gather(joined_bytes, tf.gather(record_joined, records)))
+            return tf.data.Dataset.from_tensor_slices({"encoded": encoded,
+                                                       "label": tf.gather(record_label, records)})
+
+        return blob.flat_map(cut)
+
+    dataset = tf.data.Dataset.range(len(spans))
+    if training:
+        dataset = dataset.shuffle(len(spans), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(span_records, cycle_length=min(len(spans), 16) if training else 1,
+                                 num_parallel_calls=tf.data.AUTOTUNE if training else None)
     if skip is None:
-        return dataset.map(lambda encoded, label, skipped: {"encoded": encoded, "label": label})
-    return dataset.map(lambda encoded, label, skipped: {"encoded": encoded, "label": label,
-                                                        "skipped_records": skipped})
+        return dataset
+    skipped = len(data) - len(positions)
+    return dataset.enumerate().map(lambda index, example: {
+        **example, "skipped_records": tf.where(index == 0, skipped, 0)})
 
 
 def decode(record: dict) -> dict:

@@ -25,7 +25,7 @@ from tfface.training.stages import FREEZABLE_PARTS, Stage, parse_stages
 from tfface.training.strategy import STRATEGIES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("piecewise", "cosine", "constant")
+SCHEDULES = ("piecewise", "cosine", "polynomial", "constant")
 BAD_RECORD_ACTIONS = ("error", "skip")
 
 
@@ -97,6 +97,7 @@ class ScheduleConfig(check.Section):
     boundaries: List[float] = check.field([], check.numbers(0.0))  # piecewise: epochs where the rate times `decay`
     decay: float = check.field(0.1, check.number(0.0, low_open=True))
     min_learning_rate: float = check.field(0.0, check.number(0.0))  # cosine: floor
+    power: float = check.field(1.0, check.number(0.0, low_open=True))  # polynomial: (1 - progress)^power
 
 
 @dataclass
