@@ -277,3 +277,28 @@ def test_bad_evaluation_settings_are_one_line(tmp_path, emore, capsys):
     assert "error: evaluation.keep_best: no benchmark named 'agedb_30' (benchmarks: lfw)" in capsys.readouterr().err
     assert main(emore_config(tmp_path, emore, f"evaluation.benchmarks=[cfp_fp={tmp_path / 'none.bin'}]")) == 2
     assert f"error: benchmark cfp_fp: not found: {tmp_path / 'none.bin'}" in capsys.readouterr().err
+
+
+def test_bad_record_stops_training_in_one_line_or_is_skipped(tmp_path, capsys):
+    import csv
+
+    from tools.make_tfrecords import main as make_tfrecords
+    from trainers.train import main
+
+    root = dict((name, folder) for name, folder, _, _ in bad_folders(tmp_path / "bad"))["wrong magic"]
+    assert make_tfrecords(["describe", str(root), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "examples: 4 image records; classes: 2" in out
+    assert f"  bad: {root / 'train.rec'} record 1: wrong magic 0x33221100" in out
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "backbone: {name: tiny, options: {embedding_size: 8}}\nhead: {name: softmax}\n"
+        f"data: {{train: {root}, image_size: [16, 16]}}\ntrain: {{epochs: 1, batch_size: 3, verbose: 2, strategy: default}}\n"
+        f"schedule: {{name: constant, learning_rate: 0.05}}\nwork_dir: {tmp_path / 'run'}\n"
+    )
+    assert main(["--config", str(config)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: data.train: {root / 'train.rec'} record 1: wrong magic") and "\n" not in error
+    assert main(["--config", str(config), "--set", "data.on_bad_record=skip"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))  # one step of 3: the whole pass
+    assert float(rows[0]["skipped_records"]) == 1

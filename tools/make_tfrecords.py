@@ -4,6 +4,9 @@
         [--landmarks CSV] [--size H W] [--format png|jpeg] [--shard-size N]
     python -m tools.make_tfrecords describe OUT_DIR [--prefix train] [--verify]
 
+`describe` also takes an insightface folder (train.rec, train.idx, property), which training reads in place
+(tfface.data.recordio); --verify then lists its bad records.
+
 Input is either an image-folder tree (one sub-folder per identity; labels follow the sorted folder names, which are
 kept as class names) or an .npz file with `images` uint8 [N, H, W] or [N, H, W, 3] and `labels` int [N]. Grey
 images become 3 channels. `--landmarks` is an annotation CSV keyed by path relative to the input folder (for an
@@ -173,10 +176,31 @@ def histogram_lines(class_sizes: list[int]) -> list[str]:
     return lines
 
 
+def describe_insightface(args: argparse.Namespace) -> int:
+    """describe of an insightface folder (train.rec, train.idx, property: tfface.data.recordio, read in place)."""
+    from tfface.data import recordio
+
+    data = recordio.InsightfaceFolder(args.out_dir, args.prefix)
+    print(f"insightface folder {args.out_dir} ({data.rec_path.name}, {data.idx_path.name}, property), read in place "
+          f"by training")
+    print(f"examples: {len(data)} image records; classes: {data.num_classes}; image size: "
+          f"{data.image_size[0]} x {data.image_size[1]} (h x w)")
+    if not args.verify:
+        return 0
+    result = recordio.scan(args.out_dir, args.prefix)
+    print(f"verify: {result.num_examples} record(s) read, {len(result.bad)} bad")
+    for record in result.bad:
+        print(f"  bad: {record.line()}")
+    return 1 if result.bad else 0
+
+
 def describe(args: argparse.Namespace) -> int:
+    from tfface.data.recordio import is_insightface_folder
     from tfface.data.schema import OPTIONAL_FIELDS
     from tfface.data.writer import read_description
 
+    if is_insightface_folder(args.out_dir, args.prefix):
+        return describe_insightface(args)
     description = read_description(args.out_dir, args.prefix)
     sizes = [description["class_counts"].get(label, 0) for label in range(description["num_classes"])]
     shapes = description.get("feature_shapes", {})
