@@ -61,8 +61,12 @@ def measure(
         data_dir, prefix=prefix, batch_size=batch, training=True, flip=True, cache=cache, seed=0,
         shuffle_buffer=min(4096, description["num_examples"]), image_size=size,
     )
+    return time_batches(dataset, batch, batches, warmup=math.ceil(description["num_examples"] / batch) if cache else 1)
+
+
+def time_batches(dataset: tf.data.Dataset, batch: int, batches: int, warmup: int) -> float:
+    """Images/s over `batches` batches of `batch` images after `warmup` batches."""
     iterator = iter(dataset)
-    warmup = math.ceil(description["num_examples"] / batch) if cache else 1
     for _ in range(warmup):
         next(iterator)
     started = time.perf_counter()

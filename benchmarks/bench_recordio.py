@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.bench_pipeline import synthetic_image  # noqa: E402
+from benchmarks.bench_pipeline import synthetic_image, time_batches  # noqa: E402
 from tfface import cli  # noqa: E402
 from tfface.data import recordio  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
@@ -88,14 +88,7 @@ def write_faces(root: Path, count: int, shards: int) -> tuple:
 
 def images_per_second(folder: Path, batch: int, batches: int) -> float:
     dataset = make_dataset(folder, batch_size=batch, training=True, flip=True, seed=0, shuffle_buffer=4096)
-    iterator = iter(dataset)
-    for _ in range(WARMUP_BATCHES):
-        next(iterator)
-    started = time.perf_counter()
-    for _ in range(batches):
-        images = next(iterator)["image"]
-    images.numpy()
-    return batch * batches / (time.perf_counter() - started)
+    return time_batches(dataset, batch, batches, WARMUP_BATCHES)
 
 
 @cli.command

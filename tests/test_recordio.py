@@ -302,3 +302,13 @@ def test_bad_record_stops_training_in_one_line_or_is_skipped(tmp_path, capsys):
     assert main(["--config", str(config), "--set", "data.on_bad_record=skip"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))  # one step of 3: the whole pass
     assert float(rows[0]["skipped_records"]) == 1
+
+
+def test_bench_recordio_prints_both_sources(capsys):
+    from benchmarks import bench_recordio
+
+    assert bench_recordio.main(["--faces", "40", "--batch", "8", "--batches", "1", "--shards", "2",
+                                "--train-images-per-second", "10"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" (")[0] for row in rows[1:]] == ["| TFRecord", "| RecordIO", "| recordio.scan"]
+    assert float(rows[1].split("|")[3]) == 1.0 and float(rows[2].split("|")[2]) > 0
