@@ -1,4 +1,5 @@
-"""Face data: the TFRecord schema, the sharded writer, the tf.data reader and image-folder scanning.
+"""Face data: the TFRecord schema, the sharded writer, the tf.data reader, insightface RecordIO folders
+(tfface.data.recordio) and image-folder scanning.
 
 The public names below load their module (and TensorFlow) on first use, so TensorFlow-free parts such as
 `tfface.data.folder` import quickly, e.g. for command-line input checks.

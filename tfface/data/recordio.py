@@ -19,9 +19,9 @@ per-identity ranges and are not read); otherwise every record of train.idx is an
 Bad records (each a `verify.BadRecord` naming train.rec and the record key): the .idx points past the end of the
 file, a wrong magic, a truncated record, a payload shorter than its header, a label that is not an integer in
 [0, classes of `property`), image bytes that are neither JPEG nor PNG. `scan` checks the framing and headers of
-every record (vectorised over the .idx: ~1 s per million records); it does not decode the images (MS1MV2's 5.8M
-JPEGs would take tens of minutes), so an image with a valid signature that fails to decode stops training with
-TensorFlow's error.
+every record (vectorised over the .idx: 51,594 records/s measured on 20,000 on a loaded 2-core machine, .idx read
+included); it does not decode the images (MS1MV2's 5.8M JPEGs would take tens of minutes), so an image with a valid
+signature that fails to decode stops training with TensorFlow's error.
 """
 import mmap
 import struct
