@@ -187,3 +187,24 @@ def test_stages_run_one_after_the_other(tmp_path, tiny_data, capsys):
     bad = "[{epochs: 1, plugins: [nothing]}]"
     assert main(["--config", config_file(tmp_path, tiny_data), "--set", f"train.stages={bad}"]) == 2
     assert "unknown plug-in(s) nothing" in capsys.readouterr().err
+
+
+def test_a_recipe_asks_the_data_only_for_what_its_enabled_parts_read(tmp_path, tiny_data, capsys):
+    """tiny_data has no landmarks: asked for in data.features, or by an enabled APRN, the run stops with one line
+    naming both fixes; with APRN switched off and data.features=[] nothing asks for them."""
+    from trainers.train import prepare, requested_features
+    from tfface.training.config import load_config
+
+    aprn = ("branches=[{name: aprn, weight: 0.2, enabled: %s, options: {objective: part1, stage: stage2, num_landmarks: 5}}]")
+    config = config_file(tmp_path, tiny_data)
+    for overrides in (["data.features=[landmarks]"], [aprn % "true"]):
+        sets = [item for override in overrides for item in ("--set", override)]
+        assert main(["--config", config, *sets]) == 2
+        error_lines = capsys.readouterr().err.strip().splitlines()
+        assert len(error_lines) == 1, error_lines
+        assert error_lines[0].startswith("error: feature 'landmarks' was requested, but data set 'train'")
+        assert "(present in 0 of 48 examples)" in error_lines[0]
+        assert "tools.align --no-face skip" in error_lines[0] and "--set data.features=[]" in error_lines[0]
+    prepared = prepare(load_config(config, ["data.features=[]", aprn % "false"]))
+    assert set(next(iter(prepared.dataset.take(1)))) == {"image", "label"}
+    assert requested_features(load_config(config, ["data.features=[pose]"]), prepared.trainer) == ("pose",)

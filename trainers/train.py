@@ -95,6 +95,13 @@ def check_records(config: RunConfig) -> Optional[Scan]:
     return scan
 
 
+def requested_features(config: RunConfig, trainer) -> tuple:
+    """data.features, then what the enabled plug-ins read (Plugin.required_features), each once: a recipe asks the
+    data only for what its enabled parts need."""
+    needed = [name for plugin in trainer.plugins for name in getattr(plugin, "required_features", ())]
+    return tuple(dict.fromkeys([*config.data.features, *needed]))
+
+
 def prepare(config: RunConfig) -> Prepared:
     """Everything before `fit`: data, strategy, trainer, callbacks. Bad input raises ValueError (ConfigError) naming it."""
     data = config.data
@@ -112,16 +119,16 @@ def prepare(config: RunConfig) -> Prepared:
     skip = check_records(config)
     steps_per_epoch = steps_per_epoch_for(config, description["num_examples"] if skip is None else skip.good)
     input_shape = input_shape_for(config, description)
-    dataset = make_dataset(
-        data.train, prefix=data.prefix, batch_size=config.train.batch_size, training=True,
-        image_size=data.image_size, crop_size=data.crop_size, flip=data.flip, features=tuple(data.features),
-        shuffle_buffer=data.shuffle_buffer, cache=data.cache, seed=config.seed, skip=skip,
-    )
     with strategy.scope():
         trainer = build_trainer(config, description["num_classes"], steps_per_epoch, input_shape)
         if config.train.init_from:
             _init_from(trainer, config.train.init_from)
     stages.check_plugins(config.train.stages, [plugin.name for plugin in trainer.plugins])
+    dataset = make_dataset(
+        data.train, prefix=data.prefix, batch_size=config.train.batch_size, training=True,
+        image_size=data.image_size, crop_size=data.crop_size, flip=data.flip,
+        features=requested_features(config, trainer), shuffle_buffer=data.shuffle_buffer, cache=data.cache, seed=config.seed, skip=skip,
+    )
     return Prepared(trainer, dataset, description, steps_per_epoch, strategy, callbacks_for(config))
 
 
