@@ -4,8 +4,9 @@
         [--landmarks CSV] [--size H W] [--format png|jpeg] [--shard-size N]
     python -m tools.make_tfrecords describe OUT_DIR [--prefix train] [--verify]
 
-Input is either an image-folder tree (one sub-folder per identity; labels follow the sorted folder names, which are
-kept as class names) or an .npz file with `images` uint8 [N, H, W] or [N, H, W, 3] and `labels` int [N]. Grey
+Input is either an image-folder tree (one sub-folder per identity, searched recursively; labels follow the sorted
+folder names, which are kept as class names), a `tools.align --out` folder (its crop folder and annotation CSV are
+picked: the size --size names, else the only one, else 112x112), or an .npz file with `images` uint8 [N, H, W] or [N, H, W, 3] and `labels` int [N]. Grey
 images become 3 channels. `--landmarks` is an annotation CSV keyed by path relative to the input folder (for an
 .npz, by the row index): `path,x0,y0,...,x{M-1},y{M-1}` in pixels of the original image, optionally
 `yaw,pitch,roll` (degrees), `light_*` and `attr_*` columns (see tfface/data/folder.py). `--size H W` resizes every
@@ -13,6 +14,7 @@ image and scales its landmarks. Unreadable or corrupt files are reported with th
 follows at the end. Input errors print one line and exit with status 2.
 """
 import argparse
+import re
 import statistics
 import sys
 import zipfile
@@ -31,6 +33,9 @@ from tfface.data.folder import read_annotation_csv, scan_image_folder
 # checks: a bad command line then fails fast with one line instead of TensorFlow's start-up log.
 
 IMAGE_FORMATS = ("png", "jpeg")
+ALIGN_REPORT = "align_report.csv"  # what marks a tools.align output folder
+CROP_FOLDER = re.compile(r"\d+x\d+")
+DEFAULT_CROP_FOLDER = "112x112"  # ArcFace's input, picked among several crop sizes when --size names none
 HISTOGRAM_BINS = 10
 HISTOGRAM_WIDTH = 40
 
@@ -105,10 +110,34 @@ def _resized(image: Image.Image, annotation: dict, size) -> tuple[Image.Image, d
     return image.resize((size[1], size[0]), Image.Resampling.BILINEAR), annotation
 
 
+def align_output_input(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """(--input, --landmarks) to convert: for a `tools.align --out` folder (align_report.csv beside HxW/ crop
+    folders), its crop folder of size --size (else its only one, else 112x112) and that folder's annotation CSV
+    unless --landmarks is given; any other input as given. No such crop folder: InputError naming the choices."""
+    source = Path(args.input)
+    if not (source / ALIGN_REPORT).is_file():
+        return source, args.landmarks
+    sizes = sorted((path.name for path in source.iterdir() if path.is_dir() and CROP_FOLDER.fullmatch(path.name)),
+                   key=lambda name: [int(side) for side in name.split("x")], reverse=True)
+    wanted = f"{args.size[0]}x{args.size[1]}" if args.size else None
+    if wanted is None:
+        wanted = sizes[0] if len(sizes) == 1 else DEFAULT_CROP_FOLDER
+    if wanted not in sizes:
+        choices = "; ".join(f"--input {source / size} --landmarks {source / size}.csv" for size in sizes)
+        raise InputError(f"{source} is a tools.align output folder with the crop folders {', '.join(sizes) or 'none'}: "
+                         f"convert one of them ({choices or 'run tools.align again'}), or pick one with --size H W")
+    landmarks = args.landmarks or (str(source / f"{wanted}.csv") if (source / f"{wanted}.csv").is_file() else None)
+    print(f"{source} is a tools.align output folder: converting {source / wanted}"
+          + (f" with the annotations {landmarks}" if landmarks else ""))
+    return source / wanted, landmarks
+
+
 def convert(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.exists():
         raise InputError(f"input not found: {source}")
+    if source.is_dir():
+        source, args.landmarks = align_output_input(args)
     if source.is_file() and source.suffix != ".npz":
         raise InputError(f"input must be an image folder or an .npz file, got {source}")
     if args.size is not None and min(args.size) < 1:
@@ -151,6 +180,13 @@ def convert(args: argparse.Namespace) -> int:
         used = description["num_examples"] - unannotated
         print(f"annotations: {used} of {description['num_examples']} examples have a row in {args.landmarks}; "
               f"{len(annotations) - used} rows matched no converted image")
+        if unannotated:
+            dropped = sorted(name for name, count in description.get("present_counts", {}).items()
+                             if 0 < count < description["num_examples"])
+            print(f"warning: {unannotated} example(s) have no row in {args.landmarks}, so no example carries "
+                  f"{', '.join(dropped) or 'its annotations'} for training (a feature must be on every example); "
+                  f"convert only annotated faces (tools.align --no-face skip leaves out the photos without a "
+                  f"detected face, which get no row) or train without them (--set data.features=[])")
     if skipped:
         print(f"skipped {len(skipped)} file(s):")
         for name, reason in skipped:
@@ -223,18 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert_parser = commands.add_parser("convert", help="convert an image folder or .npz to TFRecord shards")
-    convert_parser.add_argument("--input", required=True, help="image-folder root or .npz file")
+    convert_parser.add_argument(
+        "--input", required=True,
+        help="image-folder root (one sub-folder per identity, searched recursively: alice/frontal/01.jpg is alice's), "
+             "a tools.align --out folder (its crops and annotation CSV of size --size, else its only size, else 112x112), "
+             "or an .npz file (images uint8 [N, H, W(, 3)], labels int [N])")
     convert_parser.add_argument("--out", required=True, help="output folder for shards and <prefix>.json")
-    convert_parser.add_argument("--prefix", default="train", help="shard and description name stem")
-    convert_parser.add_argument("--landmarks", help="annotation CSV keyed by relative path (see module doc)")
-    convert_parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize every image")
-    convert_parser.add_argument("--format", choices=IMAGE_FORMATS, default="png", help="stored image encoding")
-    convert_parser.add_argument("--shard-size", type=int, default=2000, help="examples per shard")
+    convert_parser.add_argument("--prefix", default="train", help="shard and description name stem (default: train)")
+    convert_parser.add_argument(
+        "--landmarks", metavar="CSV",
+        help="annotation CSV, one row per image: path (relative to --input, or the .npz row index), x0,y0,...,"
+             "x{M-1},y{M-1} in pixels of the image, optional yaw,pitch,roll (degrees), light_*, attr_* columns "
+             "(tools.align writes one per crop size: OUT/112x112.csv)")
+    convert_parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                                help="resize every image, scaling its landmarks (default: keep each image's size)")
+    convert_parser.add_argument("--format", choices=IMAGE_FORMATS, default="png",
+                                help="stored image encoding (default: png)")
+    convert_parser.add_argument("--shard-size", type=int, default=2000, help="examples per shard (default: 2000)")
     convert_parser.set_defaults(run=convert)
 
     describe_parser = commands.add_parser("describe", help="print a summary of a converted data set")
     describe_parser.add_argument("out_dir", help="folder holding <prefix>.json and the shards")
-    describe_parser.add_argument("--prefix", default="train")
+    describe_parser.add_argument("--prefix", default="train", help="data set name stem (default: train)")
     describe_parser.add_argument("--verify", action="store_true",
                                  help="read every record: unreadable ones, missing fields, labels, images")
     describe_parser.set_defaults(run=describe)
