@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tfface.data import detection
+from tfface.data.aligned_folder import REPORT_NAME, size_folder
 from tfface.data.alignment import (alignment_matrix, arcface_template, centre_crop_matrix, transform_points,
                                    warp_similarity)
 from tfface import atomic, cli
@@ -68,10 +69,6 @@ class WarpResult:
     path: str
     annotations: dict  # (H, W) -> Annotation
     error: str | None = None
-
-
-def size_folder(size) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 def output_name(relative: str) -> str:
@@ -243,7 +240,7 @@ def align(args: argparse.Namespace) -> int:
         annotations = sorted(run.annotations[size], key=lambda annotation: annotation.path)
         write_annotation_csv(out_dir / f"{size_folder(size)}.csv", annotations)
     rows = [run.report[path] for path in files]
-    write_report(out_dir / "align_report.csv", rows)
+    write_report(out_dir / REPORT_NAME, rows)
     if run.strips:
         write_preview(args.preview, run.strips)
     return summarise(root, out_dir, sizes, rows)

@@ -14,7 +14,6 @@ image and scales its landmarks. Unreadable or corrupt files are reported with th
 follows at the end. Input errors print one line and exit with status 2.
 """
 import argparse
-import re
 import statistics
 import sys
 import zipfile
@@ -27,15 +26,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from tfface import cli
+from tfface.data import aligned_folder
 from tfface.data.folder import read_annotation_csv, scan_image_folder
 
 # TensorFlow (through tfface.data.schema and .writer) is imported only inside the commands, after the input
 # checks: a bad command line then fails fast with one line instead of TensorFlow's start-up log.
 
 IMAGE_FORMATS = ("png", "jpeg")
-ALIGN_REPORT = "align_report.csv"  # what marks a tools.align output folder
-CROP_FOLDER = re.compile(r"\d+x\d+")
-DEFAULT_CROP_FOLDER = "112x112"  # ArcFace's input, picked among several crop sizes when --size names none
 HISTOGRAM_BINS = 10
 HISTOGRAM_WIDTH = 40
 
@@ -111,25 +108,24 @@ def _resized(image: Image.Image, annotation: dict, size) -> tuple[Image.Image, d
 
 
 def align_output_input(args: argparse.Namespace) -> tuple[Path, str | None]:
-    """(--input, --landmarks) to convert: for a `tools.align --out` folder (align_report.csv beside HxW/ crop
-    folders), its crop folder of size --size (else its only one, else 112x112) and that folder's annotation CSV
-    unless --landmarks is given; any other input as given. No such crop folder: InputError naming the choices."""
+    """(--input, --landmarks) to convert: for a `tools.align --out` folder, its crop folder of size --size (else its
+    only one, else 112x112) and that folder's annotation CSV unless --landmarks is given; any other input as given.
+    No such crop folder: InputError naming the choices."""
     source = Path(args.input)
-    if not (source / ALIGN_REPORT).is_file():
+    if not aligned_folder.is_align_output(source):
         return source, args.landmarks
-    sizes = sorted((path.name for path in source.iterdir() if path.is_dir() and CROP_FOLDER.fullmatch(path.name)),
-                   key=lambda name: [int(side) for side in name.split("x")], reverse=True)
-    wanted = f"{args.size[0]}x{args.size[1]}" if args.size else None
-    if wanted is None:
-        wanted = sizes[0] if len(sizes) == 1 else DEFAULT_CROP_FOLDER
-    if wanted not in sizes:
-        choices = "; ".join(f"--input {source / size} --landmarks {source / size}.csv" for size in sizes)
-        raise InputError(f"{source} is a tools.align output folder with the crop folders {', '.join(sizes) or 'none'}: "
+    size = aligned_folder.pick_size(source, args.size)
+    if size is None:
+        names = [aligned_folder.size_folder(size) for size in aligned_folder.crop_sizes(source)]
+        choices = "; ".join(f"--input {source / name} --landmarks {source / name}.csv" for name in names)
+        raise InputError(f"{source} is a tools.align output folder with the crop folders {', '.join(names) or 'none'}: "
                          f"convert one of them ({choices or 'run tools.align again'}), or pick one with --size H W")
-    landmarks = args.landmarks or (str(source / f"{wanted}.csv") if (source / f"{wanted}.csv").is_file() else None)
-    print(f"{source} is a tools.align output folder: converting {source / wanted}"
+    crops = source / aligned_folder.size_folder(size)
+    csv_path = crops.with_name(crops.name + ".csv")
+    landmarks = args.landmarks or (str(csv_path) if csv_path.is_file() else None)
+    print(f"{source} is a tools.align output folder: converting {crops}"
           + (f" with the annotations {landmarks}" if landmarks else ""))
-    return source / wanted, landmarks
+    return crops, landmarks
 
 
 def convert(args: argparse.Namespace) -> int:
