@@ -255,7 +255,8 @@ def summarise(root: Path, out_dir: Path, sizes, rows: list[dict]) -> int:
           f"{len(by_status['skipped'])} of {len(rows)} files; crops in "
           + ", ".join(str(out_dir / size_folder(size)) for size in sizes))
     if by_status["centre_crop"]:
-        print(f"no face found, centre crop written for {len(by_status['centre_crop'])} image(s):")
+        print(f"no face found, unaligned centre crop (no landmarks) written for {len(by_status['centre_crop'])} "
+              "image(s); --no-face skip leaves them out, as training data should:")
         print("\n".join(f"  {root / row['path']}" for row in by_status["centre_crop"]))
     if by_status["skipped"]:
         print(f"skipped {len(by_status['skipped'])} file(s):")
@@ -268,15 +269,20 @@ def summarise(root: Path, out_dir: Path, sizes, rows: list[dict]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="folder of images (searched recursively)")
-    parser.add_argument("--out", required=True, help="output folder (crops per size, annotation CSVs, report)")
+    parser.add_argument("--input", required=True,
+                        help="folder of photos, searched recursively (symlinked folders followed); its sub-folders "
+                             "(one per identity for training) are kept in the output")
+    parser.add_argument("--out", required=True,
+                        help="output folder: OUT/HxW/ crops per size, OUT/HxW.csv their 5 points and pose (the "
+                             "make_tfrecords --landmarks CSV), OUT/align_report.csv")
     parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="crop size, repeatable: 112 112 (ArcFace), 112 96, or either scaled "
                              "(default: 112 112 and 112 96)")
     parser.add_argument("--no-face", choices=("crop", "skip"), default="crop",
-                        help="an image without a face: centre crop it (default) or leave it out")
+                        help="a photo without a detected face: an unaligned centre crop with no annotation row "
+                             "(crop, the default) or left out (skip: recommended for training data)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="warping processes (0: warp in this process)")
+                        help="warping processes (0: warp in this process; default: min(4, CPUs) = %(default)s)")
     parser.add_argument("--preview", help="PNG to draw the first inputs, their points and their crops into")
     add_detector_arguments(parser)
     return parser
