@@ -285,13 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="warping processes (0: warp in this process; default: min(4, CPUs) = %(default)s)")
     parser.add_argument("--preview", help="PNG to draw the first inputs, their points and their crops into")
     add_detector_arguments(parser)
+    cli.add_verbose_argument(parser)
     return parser
 
 
 @cli.command(name="align")
 def main(argv=None) -> int:
     """Console entry point; returns the exit status (2 with one line on bad input)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.quiet_tensorflow(argv)  # MTCNN imports TensorFlow
     args = build_parser().parse_args(argv)
     check_detector_arguments(args)
     return align(args)

@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="annotation CSV to write")
     parser.add_argument("--reference", help="68- or 5-point annotation CSV to measure the landmark error against")
     add_detector_arguments(parser)
+    cli.add_verbose_argument(parser)
     return parser
 
 
@@ -217,7 +218,7 @@ def check_detector_arguments(args: argparse.Namespace) -> None:
 @cli.command(name="annotate")
 def main(argv=None) -> int:
     """Console entry point; returns the exit status (2 with one line on bad input)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.quiet_tensorflow(argv)  # MTCNN imports TensorFlow
     args = build_parser().parse_args(argv)
     check_detector_arguments(args)
     return annotate(args)

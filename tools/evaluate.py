@@ -38,7 +38,9 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -47,7 +49,6 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from serving import client  # noqa: E402
-from tfface import cli  # noqa: E402
 from tfface.embedders import DEFAULT_SIGNATURE, load_embedder  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation import (  # noqa: E402
@@ -264,6 +265,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "--batch-size", "--batch_size", dest="batch_size", type=int, default=64, help="images per model call"
     )
     parser.add_argument("--out", required=True, help="report folder")
+    cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

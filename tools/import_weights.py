@@ -25,12 +25,14 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from tfface import backbones, cli  # noqa: E402
+from tfface import backbones  # noqa: E402
 from tfface.data import aligned_folder  # noqa: E402
 from tfface.data.image_io import UnreadableImageError, list_files, read_rgb  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder  # noqa: E402
@@ -53,6 +55,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=100, help="faces to check and calibrate on (default 100)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest allowed |difference| of the normalised embeddings (default 1e-4)")
+    cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

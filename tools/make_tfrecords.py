@@ -148,6 +148,7 @@ def convert(args: argparse.Namespace) -> int:
     annotations, ignored = read_annotation_csv(args.landmarks) if args.landmarks else ({}, [])
     if ignored:
         print(f"note: ignoring columns {ignored} of {args.landmarks}", file=sys.stderr)
+    cli.quiet_tensorflow()
     from tfface.data.schema import make_example
     from tfface.data.writer import ShardedTFRecordWriter
 
@@ -206,6 +207,7 @@ def histogram_lines(class_sizes: list[int]) -> list[str]:
 
 
 def describe(args: argparse.Namespace) -> int:
+    cli.quiet_tensorflow()
     from tfface.data.schema import OPTIONAL_FIELDS
     from tfface.data.writer import read_description
 
@@ -272,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_parser.add_argument("--format", choices=IMAGE_FORMATS, default="png",
                                 help="stored image encoding (default: png)")
     convert_parser.add_argument("--shard-size", type=int, default=2000, help="examples per shard (default: 2000)")
+    cli.add_verbose_argument(convert_parser)
     convert_parser.set_defaults(run=convert)
 
     describe_parser = commands.add_parser("describe", help="print a summary of a converted data set")
@@ -279,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe_parser.add_argument("--prefix", default="train", help="data set name stem (default: train)")
     describe_parser.add_argument("--verify", action="store_true",
                                  help="read every record: unreadable ones, missing fields, labels, images")
+    cli.add_verbose_argument(describe_parser)
     describe_parser.set_defaults(run=describe)
     return parser
 

@@ -13,7 +13,9 @@ import sys
 import time
 from typing import Dict, List, NamedTuple, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -55,6 +57,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.epochs=3 --set head.options.margin=0.4",
     )
+    cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 
