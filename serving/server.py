@@ -1,4 +1,5 @@
-"""A gRPC model server speaking TF Serving's API for the SavedModels of tools.export (see DESIGN.md for why it exists).
+"""A gRPC model server speaking TF Serving's API for the SavedModels of tools.export, where the official
+tensorflow_model_server cannot be installed (README, "Serving").
 
     python -m serving.server --model_name tiny --model_base_path models/tiny --port 8500
     python -m serving.server --model_config_file serving/models.config --port 8500

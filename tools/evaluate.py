@@ -73,6 +73,16 @@ KIND_HELP = (
     "a folder with pairs.txt (LFW), a .bin file (insightface), a folder with Protocol/ (CFP, optionally "
     "suffixed :FF or :FP) or a .csv file (pairs CSV)"
 )
+FORMATS_EPILOG = """benchmark formats:
+  pairs CSV  path1,path2,issame[,fold]: header row optional; paths relative to the CSV's folder; issame 1/0,
+             true/false or yes/no; fold a 0-based integer (the folds to use; without it --folds contiguous folds)
+  LFW        DIR/pairs.txt (View 2: a header "10 300", then per fold 300 lines "name n1 n2" and 300 lines
+             "name1 n1 name2 n2"), images DIR/name/name_0001.jpg (or .png)
+  .bin       insightface's verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin): pickled (encoded images,
+             issame flags), images 2i and 2i+1 a pair; read without running pickle code
+  CFP        DIR with Protocol/Pair_list_F.txt, Pair_list_P.txt and Protocol/Split/FF|FP/01..10/same.txt,diff.txt
+             (the data set as distributed); DIR:FF or DIR:FP picks the protocol (FP by default)
+Images of every kind are resized to the model's input: give aligned faces (tools.align)."""
 
 
 class Benchmark(NamedTuple):
@@ -241,13 +251,15 @@ def evaluate_benchmark(
     entry = {
         "kind": benchmark.kind,
         "path": str(benchmark.path),
-        **verification_entry(metrics, len(pairs.issame), pairs.n_images, time.perf_counter() - started),
+        **verification_entry(metrics, len(pairs.issame), pairs.n_images, time.perf_counter() - started,
+                             negative_pairs=int(np.sum(~np.asarray(pairs.issame, bool)))),
     }
     return entry, (fpr, tpr)
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
+                                     epilog=FORMATS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="SavedModel folder (models/NAME/VERSION), model base path, .tflite or .onnx")
     source.add_argument("--target", help="TF Serving gRPC target HOST:PORT (with --model_name)")
