@@ -35,6 +35,7 @@ from tfface.training.callbacks import (  # noqa: E402
     save_weights_atomically,
     write_json_atomically,
 )
+from tfface.training.progress import StepProgress  # noqa: E402
 from tfface.training.strategy import select_strategy  # noqa: E402
 from tfface.training.verification_callback import VerificationCallback  # noqa: E402
 from tfface.training import stages  # noqa: E402
@@ -173,22 +174,26 @@ def train(config: RunConfig, prepared: Optional[Prepared] = None, extra_callback
     print(
         f"tfface: {config.backbone.name} + {config.head.name} on {description['num_examples']} images "
         f"of {description['num_classes']} identities; {config.train.epochs} epochs x {steps_per_epoch} steps, "
-        f"batch {config.train.batch_size} over {strategy.num_replicas_in_sync} replica(s); work dir {work_dir}"
+        f"batch {config.train.batch_size} over {strategy.num_replicas_in_sync} replica(s); work dir {work_dir}",
+        flush=True,
     )
     started = time.time()
+    verbosity = _verbosity(config.train.verbose)
+    # Keras' bar (verbose 1) shows steps; its epoch lines (2) do not
+    progress = [StepProgress(config.train.epochs, steps_per_epoch)] if verbosity == 2 else []
     history = keras.callbacks.History()
     history.history = {}
     for first_epoch, last_epoch, stage in stages.plan(config.train.stages, config.train.epochs):
         trainer.set_stage(**(stage.arguments() if stage is not None else {"frozen": config.train.freeze}))
         if stage is not None:
-            print(f"stage {stage.name} epochs {first_epoch + 1}-{last_epoch}: {stage}")
+            print(f"stage {stage.name} epochs {first_epoch + 1}-{last_epoch}: {stage}", flush=True)
         stage_history = trainer.fit(
             dataset,
             initial_epoch=first_epoch,
             epochs=last_epoch,
             steps_per_epoch=steps_per_epoch,
-            callbacks=[*callbacks, *extra_callbacks],
-            verbose=_verbosity(config.train.verbose),
+            callbacks=[*callbacks, *progress, *extra_callbacks],
+            verbose=verbosity,
             shuffle=False,  # the pipeline shuffles
         )
         for key, values in stage_history.history.items():
