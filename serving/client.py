@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -26,7 +28,7 @@ from tensorflow.core.framework import types_pb2  # noqa: E402
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from tfface import atomic, cli  # noqa: E402
+from tfface import atomic  # noqa: E402
 from tfface.errors import check_output_folder  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp")
@@ -187,6 +189,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     parser.add_argument("paths", nargs="+", help="image files or folders")
+    cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,5 @@
-"""A gRPC model server speaking TF Serving's API for the SavedModels of tools.export (see DESIGN.md for why it exists).
+"""A gRPC model server speaking TF Serving's API for the SavedModels of tools.export, where the official
+tensorflow_model_server cannot be installed (README, "Serving").
 
     python -m serving.server --model_name tiny --model_base_path models/tiny --port 8500
     python -m serving.server --model_config_file serving/models.config --port 8500
@@ -34,7 +35,9 @@ from concurrent import futures
 from pathlib import Path
 from typing import Dict, List, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -48,7 +51,6 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from tfface import cli  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
 from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
@@ -352,6 +354,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--max_message_mb", type=int, default=256, help="largest gRPC message, in MiB")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, help="version polling period")
     parser.add_argument("--grace_seconds", type=float, default=5.0, help="time in-flight calls get at shutdown")
+    cli.add_verbose_argument(parser)
     args = parser.parse_args(argv)
     if args.model_config_file and (args.model_name or args.model_base_path):
         parser.error("give either --model_config_file or --model_name with --model_base_path")

@@ -132,7 +132,8 @@ def test_align_reports_bad_files_centre_crops_faceless_ones_and_annotates_crops(
     stdout = capsys.readouterr().out
     assert status == 0
     assert "aligned 2, centre-cropped 1, skipped 4 of 7 files" in stdout
-    assert f"no face found, centre crop written for 1 image(s):\n  {photo_tree / 'bob' / 'dark.png'}" in stdout
+    assert (f"no face found, unaligned centre crop (no landmarks) written for 1 image(s); --no-face skip leaves "
+            f"them out, as training data should:\n  {photo_tree / 'bob' / 'dark.png'}") in stdout
     for name, reason in [("empty.png", "empty file"), ("cut.png", "cannot read"),
                          ("notes.txt", "not an image file"), ("huge.png", "too large: 1000 x 1200")]:
         assert f"{photo_tree / 'bob' / name}: {reason}" in stdout

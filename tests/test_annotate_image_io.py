@@ -18,6 +18,19 @@ def test_list_files_is_recursive_sorted_and_skips_hidden(tmp_path):
         list_files(tmp_path / "missing")
 
 
+def test_list_files_follows_symlinked_identity_folders_and_not_their_loops(tmp_path):
+    """photos/carol -> elsewhere/carol (an identity kept elsewhere), and two loops: carol/again -> carol itself,
+    carol/up -> photos; the listing is what one walk of the real folders under the link names gives."""
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere" / "carol"
+    for folder, name in ((photos / "alice", "1.png"), (elsewhere / "frontal", "2.png")):
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(b"x")
+    (photos / "carol").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "again").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "up").symlink_to(photos, target_is_directory=True)
+    assert list_files(photos) == ["alice/1.png", "carol/frontal/2.png"]
+
+
 @pytest.mark.parametrize(
     "content, reason",
     [(b"", "empty file"), (b"hello, not an image", "not an image file"), (b"\x89PNG\r\n\x1a\n cut", "not an image")],

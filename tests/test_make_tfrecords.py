@@ -198,3 +198,49 @@ def test_convert_orl_and_read_a_batch(shared_data, tmp_path):
     assert batch["image"].shape == (8, 112, 92, 3)
     np.testing.assert_array_equal(batch["image"][..., 0].numpy(), batch["image"][..., 2].numpy())  # grey source
     assert -1.0 < batch["image"].numpy().min() < batch["image"].numpy().max() < 1.0
+
+
+def _align_output(root: Path, sizes) -> Path:
+    """The layout tools.align --out writes: align_report.csv, HxW/<identity>/<photo>.png and HxW.csv per size;
+    the CSV annotates the first photo only (the second is a centre crop, which gets no row)."""
+    root.mkdir()
+    (root / "align_report.csv").write_text("path,status,faces,confidence,detail\n")
+    for height, width in sizes:
+        for name in ("alice/1.png", "alice/2.png", "bob/1.png"):
+            (root / f"{height}x{width}" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((height, width, 3), 80, np.uint8)).save(root / f"{height}x{width}" / name)
+        header = "path," + ",".join(f"x{i},y{i}" for i in range(5))
+        rows = [f"{name}," + ",".join(str(value) for value in POINTS.ravel()) for name in ("alice/1.png", "bob/1.png")]
+        (root / f"{height}x{width}.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root
+
+
+def test_an_align_output_folder_converts_its_112x112_crops_and_says_when_annotations_are_partial(tmp_path, capsys):
+    aligned = _align_output(tmp_path / "aligned", [(112, 112), (112, 96)])
+    assert main(["convert", "--input", str(aligned), "--out", str(tmp_path / "out")]) == 0
+    stdout = capsys.readouterr().out
+    assert (f"{aligned} is a tools.align output folder: converting {aligned / '112x112'} with the annotations "
+            f"{aligned / '112x112.csv'}") in stdout
+    assert "wrote 3 examples of 2 classes" in stdout
+    assert "annotations: 2 of 3 examples have a row" in stdout
+    warning = next(line for line in stdout.splitlines() if line.startswith("warning:"))
+    assert warning.startswith(f"warning: 1 example(s) have no row in {aligned / '112x112.csv'}, so no example "
+                              "carries landmarks for training")
+    assert "tools.align --no-face skip" in warning and "--set data.features=[]" in warning
+    description = read_description(tmp_path / "out")
+    assert description["class_names"] == ["alice", "bob"] and description["image_size"] == [112, 112]
+    assert not description["has"]["landmarks"] and description["present_counts"]["landmarks"] == 2
+
+    assert main(["convert", "--input", str(aligned), "--out", str(tmp_path / "out96"), "--size", "112", "96"]) == 0
+    assert read_description(tmp_path / "out96")["image_size"] == [112, 96]
+
+
+def test_an_align_output_folder_without_the_crop_size_is_one_error_line(tmp_path, capsys):
+    aligned = _align_output(tmp_path / "aligned", [(112, 96), (56, 48)])
+    assert main(["convert", "--input", str(aligned), "--out", str(tmp_path / "out")]) == 2
+    error_lines = capsys.readouterr().err.strip().splitlines()
+    assert error_lines == [
+        f"make_tfrecords: error: {aligned} is a tools.align output folder with the crop folders 112x96, 56x48: "
+        f"convert one of them (--input {aligned / '112x96'} --landmarks {aligned / '112x96'}.csv; --input "
+        f"{aligned / '56x48'} --landmarks {aligned / '56x48'}.csv), or pick one with --size H W"]
+    assert not (tmp_path / "out").exists()

@@ -240,3 +240,19 @@ def test_shared_mobilefacenet_equals_onnxruntime_on_real_faces(shared_data):
     assert len(result.unfolded) == 50
     training = np.asarray(backbone(images, training=True)["embedding"])
     assert max_normalised_difference(training, ours) <= 1e-3
+
+
+def test_images_of_an_align_output_folder_are_its_crops_of_the_network_size(tmp_path, capsys):
+    """tools.align --out with 112x112 (value 200) and 112x96 (value 10) crops: the 112x112 ones are read."""
+    from PIL import Image
+
+    aligned = tmp_path / "aligned"
+    for (height, width), value in (((112, 112), 200), ((112, 96), 10)):
+        (aligned / f"{height}x{width}" / "alice").mkdir(parents=True)
+        Image.fromarray(np.full((height, width, 3), value, np.uint8)).save(aligned / f"{height}x{width}/alice/1.png")
+    (aligned / "align_report.csv").write_text("path,status,faces,confidence,detail\n")
+    faces = import_weights.read_faces(str(aligned), 4, (112, 112))
+    np.testing.assert_array_equal(faces, np.full((1, 112, 112, 3), (200 - 127.5) / 128, np.float32))
+    with pytest.raises(ValueError, match=r"--images: .*aligned is a tools.align output folder without 96x96 crops "
+                                         r"\(it has 112x112, 112x96\)"):
+        import_weights.read_faces(str(aligned), 4, (96, 96))

@@ -318,5 +318,5 @@ def test_a_stopped_partial_fc_run_resumes_with_its_shards(tmp_path):
     centres_2, _, step_2 = run(2)
     assert step_2 == 4  # the sampling step went on from the backup's 2
     rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
-    assert len(rows) == 3 and rows[1].startswith("0,") and rows[2].startswith("1,"), rows
+    assert len(rows) == 3 and rows[1].startswith("1,") and rows[2].startswith("2,"), rows
     assert centres_2.shape == centres_1.shape and not np.array_equal(centres_2, centres_1)

@@ -97,7 +97,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_last_f
     assert digest(backup) == digest(run / "checkpoints" / backup.name)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         f"epoch-{n:03d}.weights.h5" for n in range(1, last_finite + 1)]
-    assert history_epochs(run) == list(range(last_finite))
+    assert history_epochs(run) == list(range(1, last_finite + 1))
     assert (run / "history.csv").read_bytes().startswith(history)
     assert digest(run / "backbone.weights.h5") == final_weights  # the finished first run's, not NaN ones
     assert list(run.rglob("*partial*")) == []
@@ -164,7 +164,7 @@ def test_a_kill_at_any_point_of_an_epochs_end_leaves_files_that_agree(tmp_path, 
     assert main(arguments) == 0
     output = capsys.readouterr().out
     assert f"Epoch {expected + 1}/3" in output and f"Epoch {expected}/3" not in output
-    assert history_epochs(run) == [0, 1, 2]
+    assert history_epochs(run) == [1, 2, 3]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch-00{n}.weights.h5" for n in (1, 2, 3)]
     assert sorted(p.name for p in (run / "backup").iterdir()) == ["epoch-003.weights.h5", "training_metadata.json"]
     assert json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"] == 3

@@ -111,7 +111,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data):
     assert "Epoch 1/3" not in second.stdout and "Epoch 2/3" in second.stdout
     assert json.loads(metadata.read_text())["epoch"] == 3
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "run" / "history.csv"))]
-    assert epochs[-2:] == [1, 2]
+    assert epochs == [1, 2, 3]  # counted from 1, as the console's "Epoch 2/3" counts
 
 
 def test_history_csv_is_renamed_into_place_every_epoch_and_keeps_the_earlier_rows(tmp_path, monkeypatch):
@@ -128,16 +128,16 @@ def test_history_csv_is_renamed_into_place_every_epoch_and_keeps_the_earlier_row
         replace(source, target)
 
     monkeypatch.setattr(os, "replace", recording_replace)
-    for epochs in ((0, 1), (2,)):
+    for epochs in ((1, 2), (3,)):
         history = HistoryFile(str(ours))
         for epoch in epochs:
-            history.add(epoch, {"loss": 1.0 / (epoch + 1), "accuracy": 0.25 * epoch})
+            history.add(epoch, {"loss": 1.0 / epoch, "accuracy": 0.25 * (epoch - 1)})
             history.write()
     assert renamed == [ours] * 3
-    expected = "epoch,accuracy,loss\r\n0,0.0,1.0\r\n1,0.25,0.5\r\n2,0.5,0.3333333333333333\r\n"
+    expected = "epoch,accuracy,loss\r\n1,0.0,1.0\r\n2,0.25,0.5\r\n3,0.5,0.3333333333333333\r\n"
     assert ours.read_bytes() == expected.encode()
     rows = list(csv.DictReader(open(ours, newline="")))
-    assert [row["epoch"] for row in rows] == ["0", "1", "2"] and float(rows[2]["loss"]) == 1 / 3
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"] and float(rows[2]["loss"]) == 1 / 3
     assert os.listdir(ours.parent) == ["history.csv"]
 
 
@@ -183,7 +183,28 @@ def test_stages_run_one_after_the_other(tmp_path, tiny_data, capsys):
     output = capsys.readouterr().out
     assert "stage warm epochs 1-1" in output and "stage joint epochs 2-3" in output
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
-    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
     bad = "[{epochs: 1, plugins: [nothing]}]"
     assert main(["--config", config_file(tmp_path, tiny_data), "--set", f"train.stages={bad}"]) == 2
     assert "unknown plug-in(s) nothing" in capsys.readouterr().err
+
+
+def test_a_recipe_asks_the_data_only_for_what_its_enabled_parts_read(tmp_path, tiny_data, capsys):
+    """tiny_data has no landmarks: asked for in data.features, or by an enabled APRN, the run stops with one line
+    naming both fixes; with APRN switched off and data.features=[] nothing asks for them."""
+    from trainers.train import prepare, requested_features
+    from tfface.training.config import load_config
+
+    aprn = ("branches=[{name: aprn, weight: 0.2, enabled: %s, options: {objective: part1, stage: stage2, num_landmarks: 5}}]")
+    config = config_file(tmp_path, tiny_data)
+    for overrides in (["data.features=[landmarks]"], [aprn % "true"]):
+        sets = [item for override in overrides for item in ("--set", override)]
+        assert main(["--config", config, *sets]) == 2
+        error_lines = capsys.readouterr().err.strip().splitlines()
+        assert len(error_lines) == 1, error_lines
+        assert error_lines[0].startswith("error: feature 'landmarks' was requested, but data set 'train'")
+        assert "(present in 0 of 48 examples)" in error_lines[0]
+        assert "tools.align --no-face skip" in error_lines[0] and "--set data.features=[]" in error_lines[0]
+    prepared = prepare(load_config(config, ["data.features=[]", aprn % "false"]))
+    assert set(next(iter(prepared.dataset.take(1)))) == {"image", "label"}
+    assert requested_features(load_config(config, ["data.features=[pose]"]), prepared.trainer) == ("pose",)

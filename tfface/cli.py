@@ -1,8 +1,11 @@
 """What every command (tools/, experiments/, benchmarks/, trainers/, serving/) does around its work: bad input
 becomes one line `error: <message>` on stderr and exit status 2, and a JSON report is printed and written."""
 import functools
+import glob
 import json
+import os
 import sys
+import tempfile
 from typing import Callable, Optional, Sequence, Tuple, Type
 
 from tfface import atomic
@@ -45,3 +48,38 @@ def emit_json(record, out=None, echo: bool = True) -> str:
     if out:
         atomic.write_text(out, text + "\n")
     return text
+
+
+VERBOSE_FLAG = "--verbose"
+
+
+def quiet_tensorflow(argv: Optional[Sequence[str]] = None) -> None:
+    """Call before the first `import tensorflow`: imports it without its start-up notices (CUDA stubs, cuInit, oneDNN,
+    CPU features) unless VERBOSE_FLAG is among `argv` (default sys.argv[1:]). On a machine without an NVIDIA device
+    TensorFlow's C++ log shows fatal messages only (TF_CPP_MIN_LOG_LEVEL 3), else warnings and errors (2); the
+    notices printed while loading its libraries, which no setting silences, are held back and shown only when the
+    import fails. A TF_CPP_MIN_LOG_LEVEL set by the user wins. Does nothing once TensorFlow is imported."""
+    if "tensorflow" in sys.modules or VERBOSE_FLAG in (sys.argv[1:] if argv is None else argv):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if glob.glob("/dev/nvidia[0-9]*") else "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow as tf
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    tf.get_logger().setLevel("ERROR")
+
+
+def add_verbose_argument(parser) -> None:
+    """The VERBOSE_FLAG option quiet_tensorflow reads (declared so that argparse accepts it)."""
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="show TensorFlow's start-up notices and warnings (hidden by default)")

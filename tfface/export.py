@@ -13,8 +13,8 @@ regularizer centres, branches, teacher, optimizer state) is built, so none of it
 Signatures (input key "images", output key "embedding", [N, D] float32 L2-normalised rows):
 - serving_default: uint8 [N, H, W, 3] RGB pixels; (pixel - 127.5) / 128 is applied inside.
 - embed_normalized: float32 [N, H, W, 3] pixels already normalised as (pixel - 127.5) / 128.
-- embed_flip: uint8 [N, H, W, 3]; embedding(x) + embedding(x mirrored left-right), then L2-normalised
-  (insightface's flip test).
+- embed_flip: uint8 [N, H, W, 3]; e(x) + e(x mirrored left-right), e the backbone's raw embedding, re-normalised
+  to length 1 (insightface's flip test): the normalised sum, not a sum of unit vectors.
 Metadata (backbone, its options, input shape, embedding size, config hash, signatures) is the JSON file
 assets.extra/tfface_metadata.json, SavedModel's folder for files the graph does not load.
 """
@@ -106,7 +106,7 @@ def export_metadata(run: Dict) -> Dict:
         "signatures": {
             DEFAULT_SIGNATURE: "uint8 images -> L2-normalised embedding",
             NORMALIZED_SIGNATURE: "normalised float32 images -> L2-normalised embedding",
-            FLIP_SIGNATURE: "uint8 images -> L2-normalised embedding(x) + embedding(mirrored x)",
+            FLIP_SIGNATURE: "uint8 images -> e(x) + e(mirrored x) re-normalised to length 1 (e: raw backbone embedding)",
         },
         "tfface_version": tfface.__version__,
     }

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tfface.data import detection
+from tfface.data.aligned_folder import REPORT_NAME, size_folder
 from tfface.data.alignment import (alignment_matrix, arcface_template, centre_crop_matrix, transform_points,
                                    warp_similarity)
 from tfface import atomic, cli
@@ -68,10 +69,6 @@ class WarpResult:
     path: str
     annotations: dict  # (H, W) -> Annotation
     error: str | None = None
-
-
-def size_folder(size) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 def output_name(relative: str) -> str:
@@ -243,7 +240,7 @@ def align(args: argparse.Namespace) -> int:
         annotations = sorted(run.annotations[size], key=lambda annotation: annotation.path)
         write_annotation_csv(out_dir / f"{size_folder(size)}.csv", annotations)
     rows = [run.report[path] for path in files]
-    write_report(out_dir / "align_report.csv", rows)
+    write_report(out_dir / REPORT_NAME, rows)
     if run.strips:
         write_preview(args.preview, run.strips)
     return summarise(root, out_dir, sizes, rows)
@@ -258,7 +255,8 @@ def summarise(root: Path, out_dir: Path, sizes, rows: list[dict]) -> int:
           f"{len(by_status['skipped'])} of {len(rows)} files; crops in "
           + ", ".join(str(out_dir / size_folder(size)) for size in sizes))
     if by_status["centre_crop"]:
-        print(f"no face found, centre crop written for {len(by_status['centre_crop'])} image(s):")
+        print(f"no face found, unaligned centre crop (no landmarks) written for {len(by_status['centre_crop'])} "
+              "image(s); --no-face skip leaves them out, as training data should:")
         print("\n".join(f"  {root / row['path']}" for row in by_status["centre_crop"]))
     if by_status["skipped"]:
         print(f"skipped {len(by_status['skipped'])} file(s):")
@@ -271,24 +269,30 @@ def summarise(root: Path, out_dir: Path, sizes, rows: list[dict]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="folder of images (searched recursively)")
-    parser.add_argument("--out", required=True, help="output folder (crops per size, annotation CSVs, report)")
+    parser.add_argument("--input", required=True,
+                        help="folder of photos, searched recursively (symlinked folders followed); its sub-folders "
+                             "(one per identity for training) are kept in the output")
+    parser.add_argument("--out", required=True,
+                        help="output folder: OUT/HxW/ crops per size, OUT/HxW.csv their 5 points and pose (the "
+                             "make_tfrecords --landmarks CSV), OUT/align_report.csv")
     parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="crop size, repeatable: 112 112 (ArcFace), 112 96, or either scaled "
                              "(default: 112 112 and 112 96)")
     parser.add_argument("--no-face", choices=("crop", "skip"), default="crop",
-                        help="an image without a face: centre crop it (default) or leave it out")
+                        help="a photo without a detected face: an unaligned centre crop with no annotation row "
+                             "(crop, the default) or left out (skip: recommended for training data)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="warping processes (0: warp in this process)")
+                        help="warping processes (0: warp in this process; default: min(4, CPUs) = %(default)s)")
     parser.add_argument("--preview", help="PNG to draw the first inputs, their points and their crops into")
     add_detector_arguments(parser)
+    cli.add_verbose_argument(parser)
     return parser
 
 
 @cli.command(name="align")
 def main(argv=None) -> int:
     """Console entry point; returns the exit status (2 with one line on bad input)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.quiet_tensorflow(argv)  # MTCNN imports TensorFlow
     args = build_parser().parse_args(argv)
     check_detector_arguments(args)
     return align(args)

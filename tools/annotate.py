@@ -180,15 +180,16 @@ def annotate(args: argparse.Namespace) -> int:
 
 def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     """The detection and file-reading options shared with tools.align."""
-    parser.add_argument("--min-face-size", type=int, default=20, help="smallest face searched for, in pixels")
+    parser.add_argument("--min-face-size", type=int, default=20,
+                        help="smallest face searched for, in pixels (default: %(default)s)")
     parser.add_argument("--max-side", type=int, default=1024,
-                        help="detect on a copy scaled down to this longer side (0: full size)")
+                        help="detect on a copy scaled down to this longer side (0: full size; default: %(default)s)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="skip images with more pixels than this")
-    parser.add_argument("--device", default="CPU:0", help="TensorFlow device for MTCNN")
+                        help="skip images with more pixels than this (default: %(default)s)")
+    parser.add_argument("--device", default="CPU:0", help="TensorFlow device for MTCNN (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=DEFAULT_DETECT_BATCH,
                         help="files read and detected together (images of one size share MTCNN's calls; "
-                             "1: one at a time)")
+                             "1: one at a time; default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="annotation CSV to write")
     parser.add_argument("--reference", help="68- or 5-point annotation CSV to measure the landmark error against")
     add_detector_arguments(parser)
+    cli.add_verbose_argument(parser)
     return parser
 
 
@@ -216,7 +218,7 @@ def check_detector_arguments(args: argparse.Namespace) -> None:
 @cli.command(name="annotate")
 def main(argv=None) -> int:
     """Console entry point; returns the exit status (2 with one line on bad input)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.quiet_tensorflow(argv)  # MTCNN imports TensorFlow
     args = build_parser().parse_args(argv)
     check_detector_arguments(args)
     return annotate(args)

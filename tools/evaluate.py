@@ -36,7 +36,9 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -45,7 +47,6 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from serving import client  # noqa: E402
-from tfface import cli  # noqa: E402
 from tfface.embedders import DEFAULT_SIGNATURE, load_embedder  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation import (  # noqa: E402
@@ -66,6 +67,18 @@ from tfface.evaluation.report import RocCurve, remove_report, verification_entry
 
 FLIP_CHOICES = ("sum", "concat", "none")
 VAL_FAR_TARGET = 1e-3
+FORMATS_EPILOG = """benchmark formats:
+  pairs CSV  path1,path2,issame[,fold]: header row optional; paths relative to the CSV's folder; issame 1/0,
+             true/false or yes/no; fold a 0-based integer (the folds to use; without it --folds contiguous folds)
+  LFW        DIR/pairs.txt (View 2: a header "10 300", then per fold 300 lines "name n1 n2" and 300 lines
+             "name1 n1 name2 n2"), images DIR/name/name_0001.jpg (or .png)
+  .bin       insightface's verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin): pickled (encoded images,
+             issame flags), images 2i and 2i+1 a pair; read without running pickle code
+  CFP        DIR with Protocol/Pair_list_F.txt, Pair_list_P.txt and Protocol/Split/FF|FP/01..10/same.txt,diff.txt
+             (the data set as distributed); DIR:FF or DIR:FP picks the protocol (FP by default)
+Images of every kind are resized to the model's input: give aligned faces (tools.align)."""
+
+
 class ServingEmbedder:
     """`serving_default` of model `model_name` at a TF Serving gRPC `target` (host:port), through
     `serving.client.predict`: uint8 images [N, H, W, 3] at input_size (H, W, from GetModelMetadata) -> float32
@@ -142,13 +155,15 @@ def evaluate_benchmark(
     entry = {
         "kind": benchmark.kind,
         "path": str(benchmark.path),
-        **verification_entry(metrics, len(pairs.issame), pairs.n_images, time.perf_counter() - started),
+        **verification_entry(metrics, len(pairs.issame), pairs.n_images, time.perf_counter() - started,
+                             negative_pairs=int(np.sum(~np.asarray(pairs.issame, bool)))),
     }
     return entry, (fpr, tpr)
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
+                                     epilog=FORMATS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="SavedModel folder (models/NAME/VERSION), model base path, .tflite or .onnx")
     source.add_argument("--target", help="TF Serving gRPC target HOST:PORT (with --model_name)")
@@ -166,6 +181,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "--batch-size", "--batch_size", dest="batch_size", type=int, default=64, help="images per model call"
     )
     parser.add_argument("--out", required=True, help="report folder")
+    cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

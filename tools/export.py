@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
+
 from tfface.deploy import FILE_FORMATS, QUANTIZE_MODES, ParityError, export_file  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder  # noqa: E402
 from tfface.evaluation import read_pairs_csv  # noqa: E402
@@ -34,6 +35,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--format", default="savedmodel", choices=("savedmodel", *FILE_FORMATS))
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, help="tflite only: dynamic (int8 weights) or float16")
     parser.add_argument("--parity_pairs", help="tflite/onnx: pairs CSV of real aligned faces for the parity check")
+    cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -6,7 +6,8 @@
 The network (Conv with or without folded batch norm, BatchNormalization, PRelu, Add, Gemm/MatMul, Flatten/Reshape)
 is matched onto the tfface backbone NAME (tfface/onnx_import.py says how); a graph that does not fit is refused with
 one line naming the first node that does not. Before anything is written, the imported backbone and onnxruntime embed
-`--count` faces from `--images` (aligned, the network's input size, RGB; searched recursively); the run dir is written
+`--count` faces from `--images` (aligned, the network's input size, RGB; searched recursively; of a
+`tools.align --out` folder, the crops of the network's input size); the run dir is written
 only when the largest difference of their L2-normalised embeddings is within `--tolerance`. The same faces calibrate
 the batch-norm statistics of folded convolutions.
 
@@ -24,12 +25,15 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from tfface import backbones, cli  # noqa: E402
+from tfface import backbones  # noqa: E402
+from tfface.data import aligned_folder  # noqa: E402
 from tfface.data.image_io import UnreadableImageError, list_files, read_rgb  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder  # noqa: E402
 from tfface.onnx_import import OnnxImportError, import_onnx, max_normalised_difference, onnx_embeddings  # noqa: E402
@@ -44,11 +48,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--backbone", required=True, help=f"tfface backbone: {', '.join(backbones.available())}")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a backbone option (YAML value), e.g. scale=2 or embedding_size=512; repeatable")
-    parser.add_argument("--images", required=True, help="folder of aligned face images for the parity check")
+    parser.add_argument("--images", required=True,
+                        help="folder of aligned face images for the parity check (searched recursively; a tools.align "
+                             "--out folder gives its crops of the network's input size)")
     parser.add_argument("--out", required=True, help="the run dir to write (must not exist)")
     parser.add_argument("--count", type=int, default=100, help="faces to check and calibrate on (default 100)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest allowed |difference| of the normalised embeddings (default 1e-4)")
+    cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -66,6 +73,12 @@ def read_faces(folder, count: int, size) -> np.ndarray:
     """`count` images spread evenly over the sorted files of `folder`, as normalised float32 [N, H, W, 3]."""
     if not os.path.isdir(folder):
         raise ConfigError(f"--images: folder not found: {folder}")
+    if aligned_folder.is_align_output(folder):  # a tools.align --out folder: its crops of the network's size
+        if aligned_folder.pick_size(folder, size) is None:
+            found = ", ".join(map(aligned_folder.size_folder, aligned_folder.crop_sizes(folder))) or "none"
+            raise ConfigError(f"--images: {folder} is a tools.align output folder without "
+                              f"{aligned_folder.size_folder(size)} crops (it has {found})")
+        folder = os.path.join(folder, aligned_folder.size_folder(size))
     files = [path for path in list_files(folder) if path.lower().endswith(IMAGE_SUFFIXES)]
     if not files:
         raise ConfigError(f"--images: no images in {folder}")

@@ -7,9 +7,10 @@
 `describe` also takes an insightface folder (train.rec, train.idx, property), which training reads in place
 (tfface.data.recordio); --verify then lists its bad records.
 
-Input is either an image-folder tree (one sub-folder per identity; labels follow the sorted folder names, which are
-kept as class names) or an .npz file with `images` uint8 [N, H, W] or [N, H, W, 3] and `labels` int [N]. Grey
-images become 3 channels. `--landmarks` is an annotation CSV keyed by path relative to the input folder (for an
+Input is either an image-folder tree (one sub-folder per identity, searched recursively; labels follow the sorted
+folder names, which are kept as class names), a `tools.align --out` folder (its crop folder and annotation CSV are
+picked: the size --size names, else the only one, else 112x112), or an .npz file with `images` uint8 [N, H, W] or
+[N, H, W, 3] and `labels` int [N]. Grey images become 3 channels. `--landmarks` is an annotation CSV keyed by path relative to the input folder (for an
 .npz, by the row index): `path,x0,y0,...,x{M-1},y{M-1}` in pixels of the original image, optionally
 `yaw,pitch,roll` (degrees), `light_*` and `attr_*` columns (see tfface/data/folder.py). `--size H W` resizes every
 image and scales its landmarks. Unreadable or corrupt files are reported with their path and skipped; a summary
@@ -28,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tfface import cli
+from tfface.data import aligned_folder
 from tfface.data.folder import read_annotation_csv, scan_image_folder
 
 # TensorFlow (through tfface.data.schema and .writer) is imported only inside the commands, after the input
@@ -108,10 +110,33 @@ def _resized(image: Image.Image, annotation: dict, size) -> tuple[Image.Image, d
     return image.resize((size[1], size[0]), Image.Resampling.BILINEAR), annotation
 
 
+def align_output_input(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """(--input, --landmarks) to convert: for a `tools.align --out` folder, its crop folder of size --size (else its
+    only one, else 112x112) and that folder's annotation CSV unless --landmarks is given; any other input as given.
+    No such crop folder: InputError naming the choices."""
+    source = Path(args.input)
+    if not aligned_folder.is_align_output(source):
+        return source, args.landmarks
+    size = aligned_folder.pick_size(source, args.size)
+    if size is None:
+        names = [aligned_folder.size_folder(size) for size in aligned_folder.crop_sizes(source)]
+        choices = "; ".join(f"--input {source / name} --landmarks {source / name}.csv" for name in names)
+        raise InputError(f"{source} is a tools.align output folder with the crop folders {', '.join(names) or 'none'}: "
+                         f"convert one of them ({choices or 'run tools.align again'}), or pick one with --size H W")
+    crops = source / aligned_folder.size_folder(size)
+    csv_path = crops.with_name(crops.name + ".csv")
+    landmarks = args.landmarks or (str(csv_path) if csv_path.is_file() else None)
+    print(f"{source} is a tools.align output folder: converting {crops}"
+          + (f" with the annotations {landmarks}" if landmarks else ""))
+    return crops, landmarks
+
+
 def convert(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.exists():
         raise InputError(f"input not found: {source}")
+    if source.is_dir():
+        source, args.landmarks = align_output_input(args)
     if source.is_file() and source.suffix != ".npz":
         raise InputError(f"input must be an image folder or an .npz file, got {source}")
     if args.size is not None and min(args.size) < 1:
@@ -126,6 +151,7 @@ def convert(args: argparse.Namespace) -> int:
     annotations, ignored = read_annotation_csv(args.landmarks) if args.landmarks else ({}, [])
     if ignored:
         print(f"note: ignoring columns {ignored} of {args.landmarks}", file=sys.stderr)
+    cli.quiet_tensorflow()
     from tfface.data.schema import make_example
     from tfface.data.writer import ShardedTFRecordWriter
 
@@ -154,6 +180,13 @@ def convert(args: argparse.Namespace) -> int:
         used = description["num_examples"] - unannotated
         print(f"annotations: {used} of {description['num_examples']} examples have a row in {args.landmarks}; "
               f"{len(annotations) - used} rows matched no converted image")
+        if unannotated:
+            dropped = sorted(name for name, count in description.get("present_counts", {}).items()
+                             if 0 < count < description["num_examples"])
+            print(f"warning: {unannotated} example(s) have no row in {args.landmarks}, so no example carries "
+                  f"{', '.join(dropped) or 'its annotations'} for training (a feature must be on every example); "
+                  f"convert only annotated faces (tools.align --no-face skip leaves out the photos without a "
+                  f"detected face, which get no row) or train without them (--set data.features=[])")
     if skipped:
         print(f"skipped {len(skipped)} file(s):")
         for name, reason in skipped:
@@ -195,6 +228,7 @@ def describe_insightface(args: argparse.Namespace) -> int:
 
 
 def describe(args: argparse.Namespace) -> int:
+    cli.quiet_tensorflow()
     from tfface.data.recordio import is_insightface_folder
     from tfface.data.schema import OPTIONAL_FIELDS
     from tfface.data.writer import read_description
@@ -247,20 +281,32 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert_parser = commands.add_parser("convert", help="convert an image folder or .npz to TFRecord shards")
-    convert_parser.add_argument("--input", required=True, help="image-folder root or .npz file")
+    convert_parser.add_argument(
+        "--input", required=True,
+        help="image-folder root (one sub-folder per identity, searched recursively: alice/frontal/01.jpg is alice's), "
+             "a tools.align --out folder (its crops and annotation CSV of size --size, else its only size, else 112x112), "
+             "or an .npz file (images uint8 [N, H, W(, 3)], labels int [N])")
     convert_parser.add_argument("--out", required=True, help="output folder for shards and <prefix>.json")
-    convert_parser.add_argument("--prefix", default="train", help="shard and description name stem")
-    convert_parser.add_argument("--landmarks", help="annotation CSV keyed by relative path (see module doc)")
-    convert_parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize every image")
-    convert_parser.add_argument("--format", choices=IMAGE_FORMATS, default="png", help="stored image encoding")
-    convert_parser.add_argument("--shard-size", type=int, default=2000, help="examples per shard")
+    convert_parser.add_argument("--prefix", default="train", help="shard and description name stem (default: train)")
+    convert_parser.add_argument(
+        "--landmarks", metavar="CSV",
+        help="annotation CSV, one row per image: path (relative to --input, or the .npz row index), x0,y0,...,"
+             "x{M-1},y{M-1} in pixels of the image, optional yaw,pitch,roll (degrees), light_*, attr_* columns "
+             "(tools.align writes one per crop size: OUT/112x112.csv)")
+    convert_parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                                help="resize every image, scaling its landmarks (default: keep each image's size)")
+    convert_parser.add_argument("--format", choices=IMAGE_FORMATS, default="png",
+                                help="stored image encoding (default: png)")
+    convert_parser.add_argument("--shard-size", type=int, default=2000, help="examples per shard (default: 2000)")
+    cli.add_verbose_argument(convert_parser)
     convert_parser.set_defaults(run=convert)
 
     describe_parser = commands.add_parser("describe", help="print a summary of a converted data set")
     describe_parser.add_argument("out_dir", help="folder holding <prefix>.json and the shards")
-    describe_parser.add_argument("--prefix", default="train")
+    describe_parser.add_argument("--prefix", default="train", help="data set name stem (default: train)")
     describe_parser.add_argument("--verify", action="store_true",
                                  help="read every record: unreadable ones, missing fields, labels, images")
+    cli.add_verbose_argument(describe_parser)
     describe_parser.set_defaults(run=describe)
     return parser
 

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfface import cli  # noqa: E402
+
+cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -35,6 +37,7 @@ from tfface.training.callbacks import (  # noqa: E402
     save_weights_atomically,
     write_json_atomically,
 )
+from tfface.training.progress import StepProgress  # noqa: E402
 from tfface.training.strategy import select_strategy  # noqa: E402
 from tfface.training.verification_callback import VerificationCallback  # noqa: E402
 from tfface.training import stages  # noqa: E402
@@ -57,6 +60,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.epochs=3 --set head.options.margin=0.4",
     )
+    cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -106,6 +110,13 @@ def check_records(config: RunConfig) -> Optional[Scan]:
     return scan
 
 
+def requested_features(config: RunConfig, trainer) -> tuple:
+    """data.features, then what the enabled plug-ins read (Plugin.required_features), each once: a recipe asks the
+    data only for what its enabled parts need."""
+    needed = [name for plugin in trainer.plugins for name in getattr(plugin, "required_features", ())]
+    return tuple(dict.fromkeys([*config.data.features, *needed]))
+
+
 def prepare(config: RunConfig) -> Prepared:
     """Everything before `fit`: data, strategy, trainer, callbacks. Bad input raises ValueError (ConfigError) naming it."""
     data = config.data
@@ -124,16 +135,16 @@ def prepare(config: RunConfig) -> Prepared:
     skip = check_records(config)
     steps_per_epoch = steps_per_epoch_for(config, description["num_examples"] if skip is None else skip.good)
     input_shape = input_shape_for(config, description)
-    dataset = make_dataset(
-        data.train, prefix=data.prefix, batch_size=config.train.batch_size, training=True,
-        image_size=data.image_size, crop_size=data.crop_size, flip=data.flip, features=tuple(data.features),
-        shuffle_buffer=data.shuffle_buffer, cache=data.cache, seed=config.seed, skip=skip,
-    )
     with strategy.scope():
         trainer = build_trainer(config, description["num_classes"], steps_per_epoch, input_shape)
         if config.train.init_from:
             _init_from(trainer, config.train.init_from)
     stages.check_plugins(config.train.stages, [plugin.name for plugin in trainer.plugins])
+    dataset = make_dataset(
+        data.train, prefix=data.prefix, batch_size=config.train.batch_size, training=True,
+        image_size=data.image_size, crop_size=data.crop_size, flip=data.flip,
+        features=requested_features(config, trainer), shuffle_buffer=data.shuffle_buffer, cache=data.cache, seed=config.seed, skip=skip,
+    )
     return Prepared(trainer, dataset, description, steps_per_epoch, strategy, callbacks_for(config))
 
 
@@ -184,22 +195,26 @@ def train(config: RunConfig, prepared: Optional[Prepared] = None, extra_callback
     print(
         f"tfface: {config.backbone.name} + {config.head.name} on {description['num_examples']} images "
         f"of {description['num_classes']} identities; {config.train.epochs} epochs x {steps_per_epoch} steps, "
-        f"batch {config.train.batch_size} over {strategy.num_replicas_in_sync} replica(s); work dir {work_dir}"
+        f"batch {config.train.batch_size} over {strategy.num_replicas_in_sync} replica(s); work dir {work_dir}",
+        flush=True,
     )
     started = time.time()
+    verbosity = _verbosity(config.train.verbose)
+    # Keras' bar (verbose 1) shows steps; its epoch lines (2) do not
+    progress = [StepProgress(config.train.epochs, steps_per_epoch)] if verbosity == 2 else []
     history = keras.callbacks.History()
     history.history = {}
     for first_epoch, last_epoch, stage in stages.plan(config.train.stages, config.train.epochs):
         trainer.set_stage(**(stage.arguments() if stage is not None else {"frozen": config.train.freeze}))
         if stage is not None:
-            print(f"stage {stage.name} epochs {first_epoch + 1}-{last_epoch}: {stage}")
+            print(f"stage {stage.name} epochs {first_epoch + 1}-{last_epoch}: {stage}", flush=True)
         stage_history = trainer.fit(
             dataset,
             initial_epoch=first_epoch,
             epochs=last_epoch,
             steps_per_epoch=steps_per_epoch,
-            callbacks=[*callbacks, *extra_callbacks],
-            verbose=_verbosity(config.train.verbose),
+            callbacks=[*callbacks, *progress, *extra_callbacks],
+            verbose=verbosity,
             shuffle=False,  # the pipeline shuffles
         )
         for key, values in stage_history.history.items():

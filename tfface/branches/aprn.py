@@ -69,6 +69,8 @@ class AdversarialPoseRegression(Branch):
     optimizer: D's own optimizer; required by the adversarial objective (D must not follow the main loss).
     """
 
+    required_features = ("landmarks",)
+
     def __init__(
         self,
         mean_landmarks: Union[str, Sequence[Sequence[float]], None] = None,

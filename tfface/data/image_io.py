@@ -26,14 +26,18 @@ class UnreadableImageError(Exception):
 
 
 def list_files(root) -> list[str]:
-    """Every non-hidden file under `root` (recursively), as sorted posix paths relative to `root`."""
+    """Every non-hidden file under `root` (recursively, into symlinked folders too), as sorted posix paths relative
+    to `root`. A symlink to a folder above it (a loop) is not entered."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"input folder not found: {root}")
     files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        files += [(Path(folder) / name).relative_to(root).as_posix() for name in names if not name.startswith(".")]
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        relative = Path(folder).relative_to(root)
+        above = {os.path.realpath(root.joinpath(*relative.parts[:depth])) for depth in range(len(relative.parts) + 1)}
+        subfolders[:] = [name for name in subfolders
+                         if not name.startswith(".") and os.path.realpath(Path(folder) / name) not in above]
+        files += [(relative / name).as_posix() for name in names if not name.startswith(".")]
     return sorted(files)
 
 

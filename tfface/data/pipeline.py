@@ -89,7 +89,9 @@ def _check_features(features, description: dict, data_dir: Path, prefix: str) ->
             present = description.get("present_counts", {}).get(name, 0)
             raise ValueError(
                 f"feature {name!r} was requested, but data set {prefix!r} in {data_dir} does not have it "
-                f"(present in {present} of {description['num_examples']} examples)"
+                f"(present in {present} of {description['num_examples']} examples): convert only faces that have it "
+                f"(tools.align --no-face skip leaves out the photos without a detected face), or ask for none "
+                f"(--set data.features=[]) when no enabled part reads it"
             )
     return features
 

@@ -5,6 +5,7 @@ of that shard is unreadable too), when it is not a `tf.train.Example`, lacks `la
 outside [0, num_classes), or its image does not decode. `scan` reads every record of every shard once and decodes
 its image, as one pass of training's input pipeline would.
 """
+import re
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Set, Tuple
 
@@ -85,13 +86,15 @@ def scan(data_dir, prefix: str = "train") -> Scan:
             raise FileNotFoundError(f"shard listed in {description_path(data_dir, prefix)} is missing: {shard}")
         count = 0
         try:
-            for serialized in tf.compat.v1.io.tf_record_iterator(shard):
+            for serialized in tf.data.TFRecordDataset(shard).as_numpy_iterator():
                 problem = record_problem(serialized, num_classes)
                 if problem:
                     bad.append(BadRecord(shard, count, problem))
                 count += 1
         except tf.errors.DataLossError as error:
-            where = error.message.split("'")[0].strip()  # "truncated record at 1587", "corrupted record at 802"
+            # "truncated record at 1587", "corrupted record at 802", after the op's {{function_node ...}} prefix
+            found = re.search(r"\w+ record at \d+", error.message)
+            where = found.group(0) if found else error.message.splitlines()[0]
             bad.append(BadRecord(shard, count, f"{where} (byte offset): this record and the rest of the shard "
                                                "cannot be read"))
         readable[shard] = count

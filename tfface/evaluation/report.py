@@ -5,6 +5,7 @@ A report is a dict {"command", "model", "settings", "benchmarks": {name: entry}}
 name of its ROC plot. `remove_report` deletes a previous report from a folder, so that a run which fails before
 `write_report` leaves no earlier run's report looking like its own.
 """
+import math
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
@@ -29,11 +30,26 @@ def far_key(far: float) -> str:
     return f"{far:.0e}"
 
 
-def verification_entry(metrics: Mapping, pairs: int, images: int, seconds: float) -> Dict:
+def far_is_measured(far: float, negative_pairs: int) -> bool:
+    """Whether `negative_pairs` impostor pairs can show a false accept rate as small as `far`: at least one false
+    accept must be allowed (far * negatives >= 1); below that a TAR@FAR is the TAR at no false accept, not at `far`."""
+    return far * negative_pairs >= 1.0 - 1e-9
+
+
+def tar_cell(far: float, tar: float, negative_pairs: int) -> str:
+    """A TAR@FAR in percent for a table, or "n/a (needs >= N negatives)" when `far` is not measured."""
+    if not far_is_measured(far, negative_pairs):
+        return f"n/a (needs >= {math.ceil(1.0 / far - 1e-9)} negatives)"
+    return f"{100 * tar:.2f}"
+
+
+def verification_entry(metrics: Mapping, pairs: int, images: int, seconds: float, negative_pairs: int) -> Dict:
     """JSON-ready numbers of one benchmark from `tfface.evaluation.evaluate_pairs`' result.
 
     Returns accuracy_mean, accuracy_std, fold_accuracies, auc, eer, best_threshold (squared L2 distance), val,
-    val_std, far, tar_at_far ({far_key: tar}), and pairs, images (distinct images embedded), seconds (wall time).
+    val_std, far, tar_at_far ({far_key: tar}; FARs below 1 / negative_pairs hold the TAR at no false accept, which
+    the Markdown table shows as n/a), and pairs, negative_pairs, images (distinct images embedded), seconds (wall
+    time).
     """
     return {
         "accuracy_mean": float(metrics["accuracy_mean"]),
@@ -47,6 +63,7 @@ def verification_entry(metrics: Mapping, pairs: int, images: int, seconds: float
         "far": float(metrics["far"]),
         "tar_at_far": {far_key(far): float(tar) for far, tar in metrics["tar_at_far"].items()},
         "pairs": int(pairs),
+        "negative_pairs": int(negative_pairs),
         "images": int(images),
         "seconds": float(seconds),
     }
@@ -99,7 +116,8 @@ def markdown_report(report: Mapping) -> str:
         "|" + "---|" * (9 + len(MARKDOWN_TAR_FARS)),
     ]
     for name, entry in report["benchmarks"].items():
-        tars = " | ".join(f"{100 * entry['tar_at_far'][far]:.2f}" for far in MARKDOWN_TAR_FARS)
+        tars = " | ".join(tar_cell(float(far), entry["tar_at_far"][far], entry["negative_pairs"])
+                          for far in MARKDOWN_TAR_FARS)
         lines.append(
             f"| {name} | {entry['kind']} | {entry['pairs']} | {entry['images']} | "
             f"{100 * entry['accuracy_mean']:.2f} ± {100 * entry['accuracy_std']:.2f} | {entry['auc']:.4f} | "

@@ -103,8 +103,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 class HistoryFile:
-    """history.csv: one row per epoch (0-based `epoch`, then the logged values in sorted column order). A value an
-    epoch did not measure stays empty: the columns are the union of every row's keys. Rewritten whole each time,
+    """history.csv: one row per epoch (`epoch` counted from 1, as the console and the checkpoint names count, then
+    the logged values in sorted column order). A value an epoch did not measure stays empty: the columns are the union of every row's keys. Rewritten whole each time,
     to a temporary file and renamed."""
 
     def __init__(self, path: str):
@@ -115,7 +115,7 @@ class HistoryFile:
                 self.rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
     def keep_before(self, epoch: int) -> None:
-        """Drops the rows of epochs >= `epoch` (0-based)."""
+        """Drops the rows of epochs >= `epoch` (1-based)."""
         self.rows = [row for row in self.rows if int(row["epoch"]) < epoch]
 
     def add(self, epoch: int, logs: Dict) -> None:
@@ -199,8 +199,8 @@ class EpochCommit(keras.callbacks.Callback):
                     os.remove(os.path.join(folder, name))
                 elif name.endswith(".weights.h5") and folder == self.checkpoint_dir and _epoch_of(name) > epoch:
                     os.remove(os.path.join(folder, name))
-        if any(int(row["epoch"]) >= epoch for row in self.history.rows):
-            self.history.keep_before(epoch)
+        if any(int(row["epoch"]) > epoch for row in self.history.rows):
+            self.history.keep_before(epoch + 1)
             self.history.write()
 
     # --------------------------------------------------------------------------------------------- commit
@@ -232,7 +232,7 @@ class EpochCommit(keras.callbacks.Callback):
             raise write_error(target, error) from None
 
     def write_history(self, epoch: int, logs: Dict) -> None:
-        self.history.add(epoch - 1, logs)
+        self.history.add(epoch, logs)
         self.history.write()
 
     def commit(self, epoch: int) -> None:

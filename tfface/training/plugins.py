@@ -73,9 +73,12 @@ class Plugin(keras.layers.Layer):
     """Shared behaviour of regularizers and branches: a weighted loss and a hook after each update.
 
     `log_names`: names of the extra scalar metrics `logs` returns (the trainer creates their trackers up front).
+    `required_features`: the data features (tfface.data.pipeline.EXTRA_FEATURES) its loss reads from the batch; the
+    trainer asks the data for them when the plug-in is enabled.
     """
 
     log_names: Tuple[str, ...] = ()
+    required_features: Tuple[str, ...] = ()
 
     def __init__(self, weight: float = 1.0, warmup_steps: int = 0, warmup_every: int = 1, **kwargs):
         super().__init__(**kwargs)
