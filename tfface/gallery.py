@@ -7,16 +7,17 @@
 Layout of a gallery folder:
 
     G/gallery.json            the manifest: format, dtype, embedding size, count, the model, its data files
-    G/embeddings-<sha>.npy    float16 [N, D] L2-normalised rows (numpy .npy, memory-mapped by `open`)
+    G/embeddings-<sha>.npy    float32 [N, D] L2-normalised rows (numpy .npy, memory-mapped by `open`)
     G/entries-<sha>.csv       name,photo: row i names embedding i
 
 The data files are named by a digest of their content and written (atomically, tfface.atomic) before the manifest,
 which is replaced last: a reader sees the old gallery or the new one, never a mix, and the same inputs give the
-same files byte for byte. Files the new manifest no longer names are removed afterwards. float16 halves the memory
-and disk of float32 (1,000,000 x 512: 1.0 GB instead of 2.0 GB) and changes a cosine by < 1e-3.
+same files byte for byte. Files the new manifest no longer names are removed afterwards. The rows are float32
+(1,000,000 x 512: 2.0 GB, mapped, not read): float16 would halve that, but converting its blocks to float32 took
+longer than the matrix product itself on our 2 shared cores (numpy has no float16 matrix product).
 
-`search` is a batched matrix product: the index is read in blocks of `block_rows` rows, each converted to float32
-and multiplied by all probes at once ([rows, D] x [D, M]), and a running top k per probe is kept (np.argpartition).
+`search` is a batched matrix product: the index is read in blocks of `block_rows` rows, each (as float32)
+multiplied by all probes at once ([M, D] x [D, rows]), and a running top k per probe is kept (`top_k_search`).
 """
 import csv
 import hashlib
@@ -32,9 +33,10 @@ from tfface.errors import ConfigError
 
 MANIFEST = "gallery.json"
 FORMAT = "tfface-gallery-1"
-DTYPE = np.float16
+DTYPE = np.float32
 ENTRY_COLUMNS = ("name", "photo")
 DEFAULT_BLOCK_ROWS = 65536
+FIRST_BLOCK_ROWS = 1024
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -52,7 +54,7 @@ def _entries_bytes(names: Sequence[str], photos: Sequence[str]) -> bytes:
 
 
 class Gallery:
-    """An opened gallery: embeddings (memory-mapped float16 [N, D]), names [N], photos [N], manifest."""
+    """An opened gallery: embeddings (memory-mapped float32 [N, D]), names [N], photos [N], manifest."""
 
     def __init__(self, folder: Path, manifest: Dict, embeddings: np.ndarray, names: List[str], photos: List[str]):
         self.folder, self.manifest = folder, manifest
@@ -103,32 +105,48 @@ def top_k_search(index: np.ndarray, probes, k: int, block_rows: int = DEFAULT_BL
                                                                                                    np.ndarray]:
     """(indices [M, k'], scores [M, k']) of the k largest index @ probe per probe, best first (k' = min(k, N)).
 
-    index: [N, D] float16 or float32 (a memory map is read block by block); probes: [M, D] float32."""
+    index: [N, D] float32 or float16 (a memory map is read block by block); probes: [M, D] float32. The first
+    (small) block's top k comes from np.argpartition; in each later block only the scores above a probe's current k-th best
+    are gathered (one comparison and np.nonzero over the block's [M, rows] scores, much cheaper than a partition)
+    and merged with the current best."""
     probes = np.ascontiguousarray(probes, np.float32)
     if probes.ndim != 2 or probes.shape[1] != index.shape[1]:
         raise ValueError(f"probes must be [M, {index.shape[1]}], got {list(probes.shape)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     count, k = index.shape[0], min(k, index.shape[0])
-    best_scores = np.full((len(probes), 0), -np.inf, np.float32)
-    best_indices = np.zeros((len(probes), 0), np.int64)
-    for start in range(0, count, block_rows):
-        block = np.asarray(index[start:start + block_rows], dtype=np.float32)
+    best_scores = best_indices = None
+    start = 0
+    while start < count:
+        # a small first block (its top k by a partition), at least k rows; then blocks of block_rows
+        rows = max(min(block_rows, FIRST_BLOCK_ROWS), k) if best_scores is None else block_rows
+        block = np.asarray(index[start:start + rows], dtype=np.float32)
         scores = probes @ block.T  # [M, rows]
-        if scores.shape[1] > k:
+        if best_scores is None:
             keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            scores = np.take_along_axis(scores, keep, axis=1)
+            best_scores, best_indices = np.take_along_axis(scores, keep, axis=1), keep.astype(np.int64) + start
         else:
-            keep = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-        merged_scores = np.concatenate([best_scores, scores], axis=1)
-        merged_indices = np.concatenate([best_indices, keep + start], axis=1)
-        if merged_scores.shape[1] > k:
-            keep = np.argpartition(-merged_scores, k - 1, axis=1)[:, :k]
-            merged_scores = np.take_along_axis(merged_scores, keep, axis=1)
-            merged_indices = np.take_along_axis(merged_indices, keep, axis=1)
-        best_scores, best_indices = merged_scores, merged_indices
+            best_scores, best_indices = _merge_above(best_scores, best_indices, scores, start)
+        start += len(block)
     order = np.argsort(-best_scores, axis=1, kind="stable")
     return np.take_along_axis(best_indices, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
+
+
+def _merge_above(best_scores: np.ndarray, best_indices: np.ndarray, scores: np.ndarray, offset: int):
+    """The new top k [M, k] of each probe from its current top k and the block's `scores` [M, rows] above its
+    k-th best (row j of the block is entry offset + j)."""
+    probes, k = best_scores.shape
+    rows, columns = np.nonzero(scores > best_scores.min(axis=1, keepdims=True))
+    if len(rows) == 0:
+        return best_scores, best_indices
+    owner = np.concatenate([np.repeat(np.arange(probes), k), rows])
+    merged_scores = np.concatenate([best_scores.ravel(), scores[rows, columns]])
+    merged_indices = np.concatenate([best_indices.ravel(), columns.astype(np.int64) + offset])
+    order = np.lexsort((-merged_scores, owner))  # by probe, then best first
+    owner, merged_scores, merged_indices = owner[order], merged_scores[order], merged_indices[order]
+    first_of_owner = np.searchsorted(owner, np.arange(probes))
+    taken = (first_of_owner[:, None] + np.arange(k)).ravel()  # every probe has >= k entries
+    return merged_scores[taken].reshape(probes, k), merged_indices[taken].reshape(probes, k)
 
 
 def write_gallery(folder, embeddings, names: Sequence[str], photos: Sequence[str], model: Dict) -> Gallery:
