@@ -15,14 +15,13 @@ pages it touched). Target (issue 26): <= 50 ms per probe at 1,000,000 entries on
 import argparse
 import os
 import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_evaluation import time_call
 from tfface.gallery import DTYPE, top_k_search
 
 TARGET_MS = 50.0
@@ -37,17 +36,6 @@ def write_index(path: Path, count: int, dim: int, seed: int, block: int = 100_00
         index[start:start + len(rows)] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     index.flush()
     del index
-
-
-def timed(function, repeats: int) -> tuple:
-    """Median wall seconds and median CPU seconds (this process, all threads) of `function()` over `repeats` calls."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        function()
-        walls.append(time.perf_counter() - started)
-        cpus.append(time.process_time() - cpu_started)
-    return statistics.median(walls), statistics.median(cpus)
 
 
 def main(argv=None) -> int:
@@ -71,13 +59,12 @@ def main(argv=None) -> int:
             path = Path(folder) / f"index-{size}.npy"
             write_index(path, size, args.dim, seed=size)
             index = np.load(path, mmap_mode="r")
-            top_k_search(index, probes, args.k)  # warm-up: pages the file in
-            batch, batch_cpu = timed(lambda: top_k_search(index, probes, args.k), args.repeats)
-            single, _ = timed(lambda: top_k_search(index, probes[:1], args.k), args.repeats)
-            per_probe_ms = 1000 * batch / args.probes
+            batch = time_call(lambda: top_k_search(index, probes, args.k), args.repeats)  # its warm-up pages it in
+            single = time_call(lambda: top_k_search(index, probes[:1], args.k), args.repeats)["seconds"]
+            per_probe_ms = 1000 * batch["seconds"] / args.probes
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"| {size:,} | {path.stat().st_size / 2**20:,.0f} MiB | {per_probe_ms:.2f} | "
-                  f"{1000 * batch_cpu / args.probes:.2f} | {1000 * single:.1f} | {peak_mb:,.0f} MiB | "
+                  f"{1000 * batch['cpu_seconds'] / args.probes:.2f} | {1000 * single:.1f} | {peak_mb:,.0f} MiB | "
                   f"{'yes' if per_probe_ms <= TARGET_MS else 'no'} |", flush=True)
             del index
             path.unlink()
