@@ -64,8 +64,9 @@ def read_photos(paths: List[Path], max_pixels: int):
 
 def build(args) -> int:
     root, out = Path(args.images), Path(args.out)
-    files = [path for path in list_files(root) if len(Path(path).parts) >= 2]
-    loose = [path for path in list_files(root) if len(Path(path).parts) < 2]
+    listed = list_files(root)
+    files = [path for path in listed if len(Path(path).parts) >= 2]
+    loose = [path for path in listed if len(Path(path).parts) < 2]
     if not files:
         raise ConfigError(f"--images {root}: no photos in identity folders (expected {root}/<name>/<photo>)")
     exists = (out / MANIFEST).is_file()
