@@ -6,8 +6,12 @@ Folders are searched recursively for images (IMAGE_SUFFIXES); files are embedded
 batches, with a progress bar. Writes EMB.npy (float32 [N, D]) and beside it EMB.txt (the N file paths, one a line,
 in the same order, UTF-8): a path with a line break in it (any that str.splitlines splits on) or not encodable as
 UTF-8 is refused, by name, before any call, so row i of EMB.npy is always line i of EMB.txt. The input size and
-dtype come from GetModelMetadata: images are read as RGB and resized (bilinear) to it; a float32 signature gets
-(pixel - 127.5) / 128.
+dtype come from GetModelMetadata: images are read as RGB; a float32 signature gets (pixel - 127.5) / 128.
+
+Photos are not crops: an image whose size is not the model's input is refused with one line naming `--align`
+(it is never squashed to fit). With `--align`, each photo's face nearest its centre is detected (MTCNN) and
+aligned onto the ArcFace template at the model's input size here, by tools.align's code (tfface.faces.FaceAligner),
+and only the crops go over the wire; photos without a face are listed on stderr and left out of EMB.npy / EMB.txt.
 """
 import argparse
 import io
@@ -29,7 +33,9 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from tqdm import tqdm  # noqa: E402
 
 from tfface import atomic  # noqa: E402
+from tfface.data.image_io import UnreadableImageError  # noqa: E402
 from tfface.errors import check_output_folder  # noqa: E402
+from tfface.faces import FaceAligner  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp")
 MESSAGE_BYTES = 256 << 20
@@ -106,16 +112,31 @@ class InputSpec:
         self.normalize = tensor_info.dtype == types_pb2.DT_FLOAT
 
 
-def read_image(path: Path, size: Tuple[int, int]) -> np.ndarray:
-    """An image file as uint8 RGB [height, width, 3], resized bilinearly to `size` (height, width) if needed."""
+def read_image(path: Path, size: Tuple[int, int], header_only: bool = False) -> Optional[np.ndarray]:
+    """An image file of `size` (height, width) as uint8 RGB [height, width, 3] (with `header_only`, only its size
+    is checked and None returned); another size is refused (ValueError naming the file and `--align`)."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
             if image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+                raise ValueError(f"{path} is {image.size[0]} x {image.size[1]} pixels but the model takes "
+                                 f"{size[1]} x {size[0]} (w x h): give --align to detect and align its face, or "
+                                 f"crops of that size")
+            return None if header_only else np.asarray(image.convert("RGB"), dtype=np.uint8)
     except OSError as error:
         raise ValueError(f"cannot read image {path}: {error}") from None
+
+
+def aligned_batch(aligner, paths: Sequence[Path]) -> Tuple[np.ndarray, List[Path], List[Path]]:
+    """(crops uint8 [n, H, W, 3] of the faces nearest each photo's centre, the n photos they come from, the photos
+    without a face); an unreadable photo raises ValueError naming it."""
+    try:
+        crops, _ = aligner.central_crops(list(paths))
+    except UnreadableImageError as error:
+        raise ValueError(f"cannot read image {error}") from None
+    kept = [path for path, crop in zip(paths, crops) if crop is not None]
+    faceless = [path for path, crop in zip(paths, crops) if crop is None]
+    found = [crop for crop in crops if crop is not None]
+    return (np.stack(found) if found else np.zeros((0, *aligner.input_size, 3), np.uint8)), kept, faceless
 
 
 def predict(stub, spec: InputSpec, model: str, images: np.ndarray, signature: str = "serving_default",
@@ -136,12 +157,16 @@ def predict(stub, spec: InputSpec, model: str, images: np.ndarray, signature: st
 
 def embed_files(
     target: str, model: str, paths: Sequence, batch_size: int = 32, signature: str = "serving_default",
-    version: Optional[int] = None, timeout: float = 60.0, progress: bool = True,
+    version: Optional[int] = None, timeout: float = 60.0, progress: bool = True, align: bool = False,
+    detector_options: Optional[dict] = None,
 ) -> Tuple[np.ndarray, List[str]]:
     """Embeds the images in `paths` (files or folders) with `model` at `target` (host:port).
 
-    Returns (embeddings float32 [N, D], the N file paths as strings, in order). gRPC failures raise grpc.RpcError;
-    missing or unreadable files raise FileNotFoundError / ValueError naming them.
+    Returns (embeddings float32 [N, D], the N file paths as strings, in order). Without `align` every image must
+    have the model's input size; with it, each photo's central face is detected and aligned here
+    (tfface.faces.FaceAligner, `detector_options` its keyword arguments) and photos without a face are left out
+    (named on stderr). gRPC failures raise grpc.RpcError; missing or unreadable files, and images of another size
+    without `align`, raise FileNotFoundError / ValueError naming them.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
@@ -149,16 +174,32 @@ def embed_files(
     with connect(target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         spec = InputSpec(stub, model, signature, version, timeout)
-        chunks = []
+        aligner = FaceAligner(spec.size, **(detector_options or {})) if align else None
+        if aligner is None:
+            for path in files:  # every size checked from the headers before any call
+                read_image(path, spec.size, header_only=True)
+        chunks, embedded, faceless = [], [], []
         with tqdm(total=len(files), unit="image", disable=not progress, file=sys.stderr) as bar:
             for start in range(0, len(files), batch_size):
-                batch = np.stack([read_image(path, spec.size) for path in files[start : start + batch_size]])
-                embeddings = predict(stub, spec, model, batch, signature, version, timeout)
-                if len(embeddings) != len(batch):
-                    raise ValueError(f"{target} answered {len(embeddings)} embeddings for {len(batch)} images")
-                chunks.append(embeddings)
-                bar.update(len(batch))
-    return np.concatenate(chunks), [str(path) for path in files]
+                if aligner is None:
+                    kept = files[start : start + batch_size]
+                    batch = np.stack([read_image(path, spec.size) for path in kept])
+                else:
+                    batch, kept, missed = aligned_batch(aligner, files[start : start + batch_size])
+                    faceless += missed
+                if len(batch):
+                    embeddings = predict(stub, spec, model, batch, signature, version, timeout)
+                    if len(embeddings) != len(batch):
+                        raise ValueError(f"{target} answered {len(embeddings)} embeddings for {len(batch)} images")
+                    chunks.append(embeddings)
+                    embedded += kept
+                bar.update(len(files[start : start + batch_size]))
+    if faceless:
+        print(f"no face found in {len(faceless)} photo(s), left out:\n"
+              + "\n".join(f"  {path}" for path in faceless), file=sys.stderr)
+    if not chunks:
+        raise ValueError(f"no face found in any of the {len(files)} photo(s)")
+    return np.concatenate(chunks), [str(path) for path in embedded]
 
 
 def save_embeddings(out, embeddings: np.ndarray, files: Sequence[str]) -> Tuple[Path, Path]:
@@ -188,6 +229,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="EMB.npy; the file list goes to EMB.txt")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    parser.add_argument("--align", action="store_true",
+                        help="detect and align each photo's face here (MTCNN, ArcFace template) and send the crops")
+    parser.add_argument("--min-face-size", type=int, default=20, help="with --align: smallest face, in pixels")
     parser.add_argument("paths", nargs="+", help="image files or folders")
     cli.add_verbose_argument(parser)
     return parser.parse_args(argv)
@@ -200,7 +244,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_output_folder(Path(args.out).parent, "--out", args.out)
         embeddings, files = embed_files(
             args.target, args.model, args.paths, batch_size=args.batch_size, signature=args.signature,
-            version=args.version, timeout=args.timeout, progress=True,
+            version=args.version, timeout=args.timeout, progress=True, align=args.align,
+            detector_options={"min_face_size": args.min_face_size},
         )
     except grpc.RpcError as error:
         print(f"error: {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)

@@ -470,7 +470,7 @@ def test_a_half_written_version_is_loaded_once_complete(runs, base_path, tmp_pat
 def test_client_cli_embeds_png_files_like_the_keras_backbone(server, runs, tmp_path, capsys):
     folder = tmp_path / "faces" / "alice"
     folder.mkdir(parents=True)
-    pixels = uint8_images(5, shape=(30, 25, 3), seed=3)
+    pixels = uint8_images(5, shape=(20, 16, 3), seed=3)  # the model's input size: crops, sent as they are
     for index, image in enumerate(pixels[:4]):
         Image.fromarray(image).save(folder / f"{index}.png")
     (folder / "notes.txt").write_text("not an image")
@@ -484,15 +484,19 @@ def test_client_cli_embeds_png_files_like_the_keras_backbone(server, runs, tmp_p
     files = out.with_suffix(".txt").read_text().splitlines()
     assert files == [str(folder / f"{index}.png") for index in range(4)] + [str(single)]
     assert sorted(path.name for path in out.parent.iterdir()) == ["emb.npy", "emb.txt"]  # no temporary left
-    resized = np.stack([np.asarray(Image.fromarray(image).resize((16, 20), Image.Resampling.BILINEAR))
-                        for image in pixels])
-    expected = keras_embeddings(runs["v1"], resized)
+    expected = keras_embeddings(runs["v1"], pixels)
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
 
     float_path, _ = embed_files(target, "tiny", [single], signature="embed_normalized", progress=False)
     np.testing.assert_allclose(float_path, expected[4:], atol=1e-5)
 
     capsys.readouterr()
+    photo = tmp_path / "photo.png"  # a photo of another size is refused, never squashed to fit
+    Image.fromarray(uint8_images(1, shape=(30, 25, 3), seed=4)[0]).save(photo)
+    assert client_main(["--target", target, "--model", "tiny", "--out", str(out), str(photo)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {photo} is 25 x 30 pixels but the model takes 16 x 20 (w x h): give --align to detect and align "
+        f"its face, or crops of that size")
     assert client_main(["--target", target, "--model", "nobody", "--out", str(out), str(single)]) == 1
     assert "error: " + target + ": NOT_FOUND: unknown model 'nobody'" in capsys.readouterr().err
     assert client_main(["--target", target, "--model", "tiny", "--out", str(out), str(tmp_path / "nowhere")]) == 2

@@ -20,6 +20,10 @@ folds) and, with --pca N, a PCA fitted on the training folds only.
 REPORT_DIR gets report.json (per benchmark accuracy_mean, accuracy_std, auc, eer, best_threshold, val, far,
 tar_at_far, pairs, images, seconds; the model's metadata and the command), report.md and roc_NAME.png. A previous
 report there is deleted once the options are checked, so a run that fails leaves none behind.
+With --calibrate NAME [--far 1e-3], the decision thresholds of benchmark NAME (best accuracy, and the threshold at
+the FAR, on cosine similarity; tfface.calibration) go into report.json and into --model's metadata (a SavedModel's
+assets.extra/tfface_metadata.json, FILE.json beside a .tflite or .onnx), where tfface.faces, tools.verify and
+tools.gallery read them.
 Bad input is one line `error: ...` on stderr and exit code 2; a failed gRPC call with --target, exit code 1.
 
     python -m tools.evaluate --target HOST:PORT --model_name NAME --benchmark ... --out REPORT_DIR
@@ -47,6 +51,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from serving import client  # noqa: E402
+from tfface.calibration import Calibration, calibrate, write_calibration  # noqa: E402
 from tfface.embedders import DEFAULT_SIGNATURE, load_embedder  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 from tfface.evaluation import (  # noqa: E402
@@ -137,10 +142,12 @@ def embed_distinct_images(
 
 
 def evaluate_benchmark(
-    benchmark: Benchmark, embedder, flip: str, pca: int, n_folds: int, batch_size: int
+    benchmark: Benchmark, embedder, flip: str, pca: int, n_folds: int, batch_size: int,
+    calibrate_far: Optional[float] = None
 ) -> Tuple[Dict, RocCurve]:
     """Report entry of one benchmark (kind, path and `verification_entry`'s numbers) and its ROC (FPR, TPR) on
-    cosine similarity."""
+    cosine similarity; with `calibrate_far`, the entry's "calibration" is the decision thresholds of its pairs
+    (tfface.calibration, FAR target `calibrate_far`)."""
     started = time.perf_counter()
     try:
         pairs = read_benchmark(benchmark, embedder.input_size)
@@ -151,13 +158,18 @@ def evaluate_benchmark(
                                  far_target=VAL_FAR_TARGET)
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(f"benchmark {benchmark.name}: {error}") from None
-    fpr, tpr, _ = roc_curve(1.0 - squared_distances(first, second) / 2.0, pairs.issame)
+    cosines = 1.0 - squared_distances(first, second) / 2.0
+    fpr, tpr, _ = roc_curve(cosines, pairs.issame)
     entry = {
         "kind": benchmark.kind,
         "path": str(benchmark.path),
         **verification_entry(metrics, len(pairs.issame), pairs.n_images, time.perf_counter() - started,
                              negative_pairs=int(np.sum(~np.asarray(pairs.issame, bool)))),
     }
+    if calibrate_far is not None:
+        entry["calibration"] = calibrate(
+            cosines, pairs.issame, benchmark.name, str(benchmark.path), flip, entry["accuracy_mean"],
+            entry["accuracy_std"], far_target=calibrate_far).to_json()
     return entry, (fpr, tpr)
 
 
@@ -182,6 +194,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", required=True, help="report folder")
     cli.add_verbose_argument(parser)
+    parser.add_argument("--calibrate", metavar="NAME",
+                        help="store the decision thresholds of benchmark NAME in --model's metadata (tfface.calibration)")
+    parser.add_argument("--far", type=float, default=VAL_FAR_TARGET,
+                        help=f"with --calibrate: the false accept rate of the second threshold (default {VAL_FAR_TARGET})")
     return parser.parse_args(argv)
 
 
@@ -197,6 +213,14 @@ def check_settings(args: argparse.Namespace) -> None:
         raise ConfigError("--target needs --model_name (the model's name on the serving target)")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out is a file, not a folder: {args.out}")
+    if args.calibrate is not None:
+        if args.target is not None:
+            raise ConfigError("--calibrate writes into the model's files: it needs --model, not --target")
+        if args.flip not in ("sum", "none") or args.pca:
+            raise ConfigError("--calibrate needs --flip sum or none and --pca 0 (what tools.verify and tfface.faces "
+                              "compute)")
+        if not 0.0 < args.far < 1.0:
+            raise ConfigError(f"--far must be in (0, 1), got {args.far}")
 
 
 def summary_line(name: str, entry: Dict) -> str:
@@ -219,14 +243,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ConfigError(f"--benchmark name(s) given more than once: {', '.join(repeated)}")
+        if args.calibrate is not None and args.calibrate not in names:
+            raise ConfigError(f"--calibrate {args.calibrate}: no --benchmark of that name (given: {', '.join(names)})")
         remove_report(args.out)
         embedder = make_embedder(args)
         entries, curves = {}, {}
         for benchmark in benchmarks:
             entries[benchmark.name], curves[benchmark.name] = evaluate_benchmark(
-                benchmark, embedder, args.flip, args.pca, args.folds, args.batch_size
+                benchmark, embedder, args.flip, args.pca, args.folds, args.batch_size,
+                calibrate_far=args.far if benchmark.name == args.calibrate else None
             )
             print(summary_line(benchmark.name, entries[benchmark.name]))
+        if args.calibrate is not None:
+            calibration = Calibration(**entries[args.calibrate]["calibration"])
+            written = write_calibration(args.model, calibration)
+            print(f"calibrated on {args.calibrate}: threshold {calibration.threshold:.4f} (accuracy "
+                  f"{100 * calibration.accuracy:.2f}% on its {calibration.pairs} pairs), {calibration.far_threshold:.4f} "
+                  f"at FAR {calibration.far_target:g} (measured FAR {calibration.far:.4f}, TAR {calibration.tar:.4f}); "
+                  f"written to {written}")
     except grpc.RpcError as error:
         print(f"error: --target {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
