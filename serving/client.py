@@ -15,7 +15,6 @@ and only the crops go over the wire; photos without a face are listed on stderr 
 """
 import argparse
 import io
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple

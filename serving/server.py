@@ -26,7 +26,6 @@ import collections
 import contextlib
 import functools
 import logging
-import os
 import signal
 import sys
 import threading

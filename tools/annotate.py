@@ -21,7 +21,6 @@ distance between the outer eye corners (68 points) or the eye centres (5 points)
 import argparse
 import csv
 import io
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -32,8 +32,6 @@ evaluates the same way through a TF Serving target (serving.server or tensorflow
 `serving.client.embed_files`.
 """
 import argparse
-import json
-import os
 import shlex
 import sys
 import time

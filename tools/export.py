@@ -11,7 +11,6 @@ against the SavedModel (on the images of --parity_pairs, a pairs CSV `path1,path
 renders): a float32 file more than 1e-4 away is not written (exit code 1). See tfface/deploy.py.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional

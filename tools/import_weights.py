@@ -36,7 +36,7 @@ from tfface import backbones  # noqa: E402
 from tfface.data import aligned_folder  # noqa: E402
 from tfface.data.image_io import UnreadableImageError, list_files, read_rgb  # noqa: E402
 from tfface.errors import ConfigError, check_output_folder  # noqa: E402
-from tfface.onnx_import import OnnxImportError, import_onnx, max_normalised_difference, onnx_embeddings  # noqa: E402
+from tfface.onnx_import import import_onnx, max_normalised_difference, onnx_embeddings  # noqa: E402
 from tfface.training.config import config_hash, load_config, save_config  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
