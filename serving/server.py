@@ -49,6 +49,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from tfface import cli  # noqa: E402
+from serving.batching import Batcher, BatchingParameters, read_batching_parameters  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
 from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
@@ -159,11 +160,13 @@ class Models:
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata (signature_def only, as tensorflow_model_server)."""
 
-    def __init__(self, models: Models, queue: PredictQueue, max_batch_size: int, max_tensor_bytes: int):
+    def __init__(self, models: Models, queue: PredictQueue, max_batch_size: int, max_tensor_bytes: int,
+                 batcher: Optional[Batcher] = None):
         self.models = models
         self.queue = queue
         self.max_batch_size = max_batch_size
         self.max_tensor_bytes = max_tensor_bytes
+        self.batcher = batcher
 
     @_answers_errors
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
@@ -174,7 +177,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         with self.queue.slot(context.time_remaining()):
             inputs = checked_inputs(signature, request.inputs, self.max_batch_size, self.max_tensor_bytes)
             try:
-                outputs = loaded.run(signature_name, inputs)
+                if self.batcher is None:
+                    outputs = loaded.run(signature_name, inputs)
+                else:
+                    outputs = self.batcher.run(request.model_spec.name, loaded, signature_name, signature, inputs,
+                                               context.time_remaining())
             except tf.errors.InvalidArgumentError:
                 reference = _log_reference("model '%s' rejected the inputs", request.model_spec.name)
                 raise ServingError(
@@ -236,7 +243,7 @@ class ModelServer:
     def __init__(
         self, models: Dict[str, str], host: str = "127.0.0.1", port: int = 8500, max_concurrent: int = 16,
         max_queue: int = 128, queue_timeout: float = 30.0, max_batch_size: int = 256, max_message_mb: int = 256,
-        poll_seconds: float = 1.0,
+        poll_seconds: float = 1.0, batching: Optional[BatchingParameters] = None,
     ):
         if not models:
             raise ValueError("no model to serve")
@@ -252,6 +259,10 @@ class ModelServer:
         self.models = Models({name: ModelVersions(name, path) for name, path in models.items()})
         self.queue = PredictQueue(max_concurrent, max_queue, queue_timeout)
         self.poll_seconds = poll_seconds
+        self.batcher = None if batching is None else Batcher(batching)
+        if batching is not None and max_concurrent < batching.max_batch_size:
+            LOG.warning("batching: at most --max_concurrent %d calls run at once, so a merged batch holds at most %d "
+                        "calls of max_batch_size %d", max_concurrent, max_concurrent, batching.max_batch_size)
         message_bytes = int(max_message_mb) * MEGABYTE
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
@@ -264,7 +275,7 @@ class ModelServer:
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.models, self.queue, max_batch_size, message_bytes), self._server
+            PredictionService(self.models, self.queue, max_batch_size, message_bytes, self.batcher), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self._server)
         try:
@@ -301,6 +312,8 @@ class ModelServer:
     def stop(self, grace_seconds: float = 5.0) -> None:
         """Refuses new calls, lets in-flight ones finish for up to `grace_seconds`, stops polling."""
         self._server.stop(grace_seconds).wait()
+        if self.batcher is not None:
+            self.batcher.stop()
         self._stop_polling.set()
         if self._poller.is_alive():
             self._poller.join()
@@ -335,6 +348,15 @@ def read_model_config(path: str) -> Dict[str, str]:
     return models
 
 
+def _flag_value(text: str) -> bool:
+    """A boolean flag's value as tensorflow_model_server takes it: --flag, --flag=true or --flag=false."""
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name", help="the model's name in requests (with --model_base_path)")
@@ -352,7 +374,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--max_message_mb", type=int, default=256, help="largest gRPC message, in MiB")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, help="version polling period")
     parser.add_argument("--grace_seconds", type=float, default=5.0, help="time in-flight calls get at shutdown")
+    parser.add_argument("--enable_batching", type=_flag_value, nargs="?", const=True, default=False,
+                        help="merge concurrent Predict calls into one model run (serving/batching.py)")
+    parser.add_argument("--batching_parameters_file",
+                        help="TF Serving's text BatchingParameters (with --enable_batching; default: its defaults)")
     args = parser.parse_args(argv)
+    if args.batching_parameters_file and not args.enable_batching:
+        parser.error("--batching_parameters_file needs --enable_batching")
     if args.model_config_file and (args.model_name or args.model_base_path):
         parser.error("give either --model_config_file or --model_name with --model_base_path")
     if not args.model_config_file and not (args.model_name and args.model_base_path):
@@ -370,10 +398,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         models = read_model_config(args.model_config_file) if args.model_config_file else {
             args.model_name: args.model_base_path
         }
+        batching = None
+        if args.enable_batching:
+            batching = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
+                        else BatchingParameters())
+            LOG.info("batching: %s", batching)
         server = ModelServer(
             models, host=args.host, port=args.port, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
             queue_timeout=args.queue_timeout_seconds, max_batch_size=args.max_batch_size,
-            max_message_mb=args.max_message_mb, poll_seconds=args.file_system_poll_wait_seconds,
+            max_message_mb=args.max_message_mb, poll_seconds=args.file_system_poll_wait_seconds, batching=batching,
         ).start()
     except (ValueError, OSError) as error:
         return cli.user_error(error)
