@@ -17,6 +17,11 @@ Predict: the server has threads for every admitted Predict plus CONTROL_THREADS,
 Errors the server did not foresee are logged with their traceback; the client gets INTERNAL with a reference to the
 log line, never a path or exception text.
 
+With --enable_batching (and TF Serving's --batching_parameters_file) a Predict, once admitted and checked, joins a
+batch of concurrent calls to the same version and signature (serving/batching.py); a merged batch holds at most
+--max_concurrent calls. With --prefer_tflite_model a version folder holding model.tflite is served from it by pools of
+LiteRT interpreters (serving/tflite_pool.py), else from its SavedModel.
+
 Binds to 127.0.0.1 unless --host says otherwise; --port 0 picks a free port (printed). SIGTERM or SIGINT stops it
 cleanly: no new calls, in-flight calls get --grace_seconds to finish.
 """
@@ -52,6 +57,7 @@ from tfface import cli  # noqa: E402
 from serving.batching import Batcher, BatchingParameters, read_batching_parameters  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
+from serving.tflite_pool import version_loader  # noqa: E402
 from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
 
 LOG = logging.getLogger("serving")
@@ -243,12 +249,14 @@ class ModelServer:
     def __init__(
         self, models: Dict[str, str], host: str = "127.0.0.1", port: int = 8500, max_concurrent: int = 16,
         max_queue: int = 128, queue_timeout: float = 30.0, max_batch_size: int = 256, max_message_mb: int = 256,
-        poll_seconds: float = 1.0, batching: Optional[BatchingParameters] = None,
+        poll_seconds: float = 1.0, batching: Optional[BatchingParameters] = None, prefer_tflite_model: bool = False,
+        num_tflite_pools: int = os.cpu_count() or 1, num_tflite_interpreters_per_pool: int = 1,
     ):
         if not models:
             raise ValueError("no model to serve")
         for name, value in (("max_concurrent", max_concurrent), ("max_batch_size", max_batch_size),
-                            ("max_message_mb", max_message_mb)):
+                            ("max_message_mb", max_message_mb), ("num_tflite_pools", num_tflite_pools),
+                            ("num_tflite_interpreters_per_pool", num_tflite_interpreters_per_pool)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if int(max_queue) < 0:
@@ -256,7 +264,8 @@ class ModelServer:
         for name, value in (("queue_timeout", queue_timeout), ("poll_seconds", poll_seconds)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        self.models = Models({name: ModelVersions(name, path) for name, path in models.items()})
+        load = version_loader(prefer_tflite_model, int(num_tflite_pools), int(num_tflite_interpreters_per_pool))
+        self.models = Models({name: ModelVersions(name, path, load) for name, path in models.items()})
         self.queue = PredictQueue(max_concurrent, max_queue, queue_timeout)
         self.poll_seconds = poll_seconds
         self.batcher = None if batching is None else Batcher(batching)
@@ -378,6 +387,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="merge concurrent Predict calls into one model run (serving/batching.py)")
     parser.add_argument("--batching_parameters_file",
                         help="TF Serving's text BatchingParameters (with --enable_batching; default: its defaults)")
+    parser.add_argument("--prefer_tflite_model", type=_flag_value, nargs="?", const=True, default=False,
+                        help="serve a version folder's model.tflite when it has one (serving/tflite_pool.py)")
+    parser.add_argument("--num_tflite_pools", type=int, default=os.cpu_count() or 1,
+                        help="TFLite interpreter pools per version (default: CPU cores)")
+    parser.add_argument("--num_tflite_interpreters_per_pool", type=int, default=1,
+                        help="interpreters per pool; a call's batch is split across them")
     args = parser.parse_args(argv)
     if args.batching_parameters_file and not args.enable_batching:
         parser.error("--batching_parameters_file needs --enable_batching")
@@ -407,6 +422,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             models, host=args.host, port=args.port, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
             queue_timeout=args.queue_timeout_seconds, max_batch_size=args.max_batch_size,
             max_message_mb=args.max_message_mb, poll_seconds=args.file_system_poll_wait_seconds, batching=batching,
+            prefer_tflite_model=args.prefer_tflite_model, num_tflite_pools=args.num_tflite_pools,
+            num_tflite_interpreters_per_pool=args.num_tflite_interpreters_per_pool,
         ).start()
     except (ValueError, OSError) as error:
         return cli.user_error(error)
