@@ -170,6 +170,15 @@ def test_batched_answers_equal_unbatched_ones_per_call(batched_server, runs):
     assert set(sizes) <= {4, 8} and len(sizes) < len(calls)  # merged, padded to the allowed sizes
 
 
+def wait_until_served(port: int, version: int, seconds: float = 120) -> None:
+    """Polls GetModelStatus until `version` is AVAILABLE (fails after `seconds`)."""
+    _, model_service = stubs(port)
+    deadline = time.time() + seconds
+    while status_of(model_service).get(version, (None,))[0] != State.AVAILABLE:
+        assert time.time() < deadline, f"version {version} not served within {seconds} s"
+        time.sleep(0.1)
+
+
 def test_a_version_swap_under_batched_load_fails_no_call(batched_server, runs):
     base = batched_server.models.by_name["tiny"].base_path
     images = uint8_images(2, seed=9)
@@ -190,11 +199,7 @@ def test_a_version_swap_under_batched_load_fails_no_call(batched_server, runs):
         clients = [pool.submit(client, index) for index in range(6)]
         time.sleep(0.5)
         export_run(runs["v2"], base / "2")
-        _, model_service = stubs(batched_server.port)
-        deadline = time.time() + 120
-        while status_of(model_service).get(2, (None,))[0] != State.AVAILABLE:
-            assert time.time() < deadline
-            time.sleep(0.1)
+        wait_until_served(batched_server.port, 2)
         time.sleep(0.5)
         stop.set()
         versions = [version for future in clients for version in future.result()]

@@ -21,9 +21,8 @@ from serving.tflite_pool import TFLiteVersion
 from tfface.deploy import export_run_with_tflite
 from tfface.embedders import METADATA_FILE, TFLITE_IN_SAVED_MODEL
 from tools.export import main as export_main
-from test_serving import (  # noqa: F401 - runs is a fixture
-    State, keras_embeddings, predict_request, runs, status_of, stubs, uint8_images,
-)
+from test_serving import keras_embeddings, predict_request, runs, stubs, uint8_images  # noqa: F401 - runs: fixture
+from test_serving_batching import wait_until_served
 
 SIGNATURES = ("serving_default", "embed_normalized", "embed_flip")
 
@@ -49,7 +48,8 @@ def test_export_with_tflite_writes_a_parity_checked_copy_in_the_version_folder(r
     out = base / "1"
     assert f"to {out} with model.tflite (" in line and "parity on 32 SynthFaces renders: max |diff|" in line
     entry = json.loads((out / METADATA_FILE).read_text())["tflite"]
-    assert entry["file"] == TFLITE_IN_SAVED_MODEL and entry["size_bytes"] == (out / TFLITE_IN_SAVED_MODEL).stat().st_size
+    assert entry["file"] == TFLITE_IN_SAVED_MODEL
+    assert entry["size_bytes"] == (out / TFLITE_IN_SAVED_MODEL).stat().st_size
     assert entry["parity"]["max_abs_diff"] <= 1e-4
     assert export_main(["--work_dir", str(runs["v1"]), "--out", str(tmp_path / "t.tflite"), "--format", "tflite",
                         "--with_tflite"]) == 2
@@ -118,10 +118,6 @@ def test_without_the_file_the_savedmodel_is_served_then_a_tflite_version_swaps_i
         assert running.models.by_name["tiny"].get().format == "savedmodel"
         np.testing.assert_allclose(_predict(running.port, images, ""), keras_embeddings(runs["v1"], images), atol=1e-5)
         export_run_with_tflite(runs["v2"], base / "2")
-        _, model_service = stubs(running.port)
-        deadline = time.time() + 120
-        while status_of(model_service).get(2, (None,))[0] != State.AVAILABLE:
-            assert time.time() < deadline
-            time.sleep(0.1)
+        wait_until_served(running.port, 2)
         assert running.models.by_name["tiny"].get().format == "tflite"
         np.testing.assert_allclose(_predict(running.port, images, ""), keras_embeddings(runs["v2"], images), atol=1e-5)
