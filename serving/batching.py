@@ -3,7 +3,7 @@ the same model version and signature, with the same per-example shapes and dtype
 the outputs split back per call.
 
     parameters = read_batching_parameters("batching.config")   # TF Serving's text BatchingParameters
-    batcher = Batcher(parameters)
+    batcher = Batcher(parameters).start()
     outputs = batcher.run("arcface", loaded_version, "serving_default", signature_def, inputs, time_remaining=5.0)
     batcher.stop()
 
@@ -172,8 +172,12 @@ class Batcher:
         self._stopped = False
         self._threads = [threading.Thread(target=self._work, name=f"{parameters.thread_pool_name}-{index}",
                                           daemon=True) for index in range(parameters.num_batch_threads)]
+
+    def start(self) -> "Batcher":
+        """Starts the batch threads; returns self."""
         for thread in self._threads:
             thread.start()
+        return self
 
     def run(self, model_name: str, loaded, signature_name: str, signature: meta_graph_pb2.SignatureDef,
             inputs: Arrays, time_remaining: Optional[float]) -> Arrays:
@@ -314,4 +318,5 @@ class Batcher:
             self._queues.clear()
             self._condition.notify_all()
         for thread in self._threads:
-            thread.join()
+            if thread.is_alive():
+                thread.join()

@@ -311,6 +311,8 @@ class ModelServer:
 
     def start(self) -> "ModelServer":
         self.poll()
+        if self.batcher is not None:
+            self.batcher.start()
         for model in self.models.by_name.values():
             if not model.statuses():
                 LOG.warning("model '%s': no version under %s yet; waiting for one", model.name, model.base_path)

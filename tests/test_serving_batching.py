@@ -82,7 +82,7 @@ def batch_signature() -> meta_graph_pb2.SignatureDef:
 
 
 def test_a_deadline_passing_while_queued_is_deadline_exceeded_and_the_rest_of_the_batch_answers():
-    batcher = Batcher(BatchingParameters(max_batch_size=8, num_batch_threads=1))
+    batcher = Batcher(BatchingParameters(max_batch_size=8, num_batch_threads=1)).start()
     version = FakeVersion(delay=0.6)
     try:
         with futures.ThreadPoolExecutor(4) as pool:
@@ -106,7 +106,7 @@ def test_a_deadline_passing_while_queued_is_deadline_exceeded_and_the_rest_of_th
 
 def test_a_full_queue_is_unavailable_and_different_shapes_are_never_merged():
     batcher = Batcher(BatchingParameters(max_batch_size=4, max_enqueued_batches=1, num_batch_threads=1,
-                                         batch_timeout_micros=200_000))
+                                         batch_timeout_micros=200_000)).start()
     version = FakeVersion(delay=0.3)
     try:
         with futures.ThreadPoolExecutor(6) as pool:
