@@ -5,7 +5,7 @@ per call to a trivial model, through `Batcher.run` (batching on) or calling the 
 
 The trivial model returns the first 512 pixels of each face as float32 (a [batch, 512] "embedding"), so nearly all of
 a batched call's time is the batcher's: queueing, merging (one copy of the inputs), waking the batch thread and the
-caller, splitting. For each thread count and mode it prints calls/s, p50 and p99 latency (ms) and, for batching on,
+caller, splitting (through `admission()` and `run`, as serving.server's Predict). For each thread count and mode it prints calls/s, p50 and p99 latency (ms) and, for batching on,
 the batch sizes formed (mean, max) and the overhead per call: batched minus direct p50 latency, and batched minus
 direct wall time per call (1000 / calls/s, ms). max_batch_size 64, num_batch_threads 2, max_enqueued_batches 8.
 """
@@ -15,7 +15,6 @@ import time
 from typing import Dict, List
 
 import numpy as np
-from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.batching import Batcher, BatchingParameters
 
@@ -33,14 +32,6 @@ class TrivialVersion:
         images = inputs["images"]
         self.sizes.append(len(images))
         return {"embedding": images.reshape(len(images), -1)[:, :EMBEDDING].astype(np.float32)}
-
-
-def face_signature() -> meta_graph_pb2.SignatureDef:
-    signature = meta_graph_pb2.SignatureDef()
-    shape = signature.inputs["images"].tensor_shape
-    for size in (-1, *FACE):
-        shape.dim.add(size=size)
-    return signature
 
 
 def load(call, threads: int, seconds: float) -> (float, np.ndarray):
@@ -79,7 +70,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     parameters = BatchingParameters(max_batch_size=64, batch_timeout_micros=args.batch_timeout_micros,
                                     max_enqueued_batches=8, num_batch_threads=2)
-    signature = face_signature()
     print(f"| threads | mode | calls/s | p50 ms | p99 ms | batch size mean / max | overhead per call: p50 ms, "
           f"wall ms |")
     print("|---|---|---|---|---|---|---|")
@@ -91,10 +81,13 @@ def main(argv=None) -> None:
               f"| 1 / 1 | |")
         version = TrivialVersion()
         batcher = Batcher(parameters).start()
+
+        def batched(face: np.ndarray) -> Dict[str, np.ndarray]:  # as serving.server's Predict does it
+            with batcher.admission():
+                return batcher.run("m", version, "serving_default", {"images": face}, 60.0)
+
         try:
-            batched_rate, latencies = load(
-                lambda face: batcher.run("m", version, "serving_default", signature, {"images": face}, 60.0),
-                threads, args.seconds)
+            batched_rate, latencies = load(batched, threads, args.seconds)
         finally:
             batcher.stop()
         p50 = np.percentile(latencies, 50) * 1e3

@@ -4,7 +4,9 @@ the outputs split back per call.
 
     parameters = read_batching_parameters("batching.config")   # TF Serving's text BatchingParameters
     batcher = Batcher(parameters).start()
-    outputs = batcher.run("arcface", loaded_version, "serving_default", signature_def, inputs, time_remaining=5.0)
+    with batcher.admission():                      # UNAVAILABLE when the batcher holds `capacity` calls
+        inputs = ...                               # the call's checked inputs, built once admitted
+        outputs = batcher.run("arcface", loaded_version, "serving_default", inputs, time_remaining=5.0)
     batcher.stop()
 
 The parameters file is TF Serving's (session_bundle_config.proto's BatchingParameters, text format), e.g.
@@ -22,6 +24,10 @@ with TF Serving's defaults for what it leaves out (SharedBatchScheduler's QueueO
 next allowed size with copies of its first example (as TF Serving pads), and the padding's outputs are dropped.
 pad_variable_length_inputs is refused: calls of different per-example shapes are never merged here.
 
+Admission: the batcher holds at most `capacity` = (max_enqueued_batches + num_batch_threads) x max_batch_size calls
+at once, queued or running (each call has at least one example, so that is what the batch queues and the batches
+being run can hold); a call past it is UNAVAILABLE before its arrays are built. A server gives each of them a thread.
+
 Scheduling, per queue (one per model version, signature and per-example shapes/dtypes): a call joins the newest open
 batch if it fits within max_batch_size, else opens a new one; a queue holding max_enqueued_batches batches refuses
 the call with UNAVAILABLE (TF Serving's "queue is full"); a call larger than max_batch_size is INVALID_ARGUMENT. A
@@ -30,6 +36,7 @@ has waited batch_timeout_micros. A call whose deadline passes while its batch is
 DEADLINE_EXCEEDED; the rest of the batch runs without it. A queue holds its version object, so calls that started on
 a version finish on it while a newer one is swapped in.
 """
+import contextlib
 import logging
 import os
 import threading
@@ -167,6 +174,8 @@ class Batcher:
     def __init__(self, parameters: BatchingParameters):
         self.parameters = parameters
         self._timeout = parameters.batch_timeout_micros / 1e6
+        self.capacity = (parameters.max_enqueued_batches + parameters.num_batch_threads) * parameters.max_batch_size
+        self._admitted = 0  # calls inside admission(), at most capacity
         self._queues: Dict[tuple, _Queue] = {}
         self._condition = threading.Condition()
         self._stopped = False
@@ -179,12 +188,30 @@ class Batcher:
             thread.start()
         return self
 
-    def run(self, model_name: str, loaded, signature_name: str, signature: meta_graph_pb2.SignatureDef,
-            inputs: Arrays, time_remaining: Optional[float]) -> Arrays:
-        """The outputs of `loaded.run(signature_name, inputs)` for this call alone, computed in a merged batch when
-        the signature is batchable (else run directly); `time_remaining` in seconds (None: no deadline)."""
-        if not batchable(signature):
-            return loaded.run(signature_name, inputs)
+    @contextlib.contextmanager
+    def admission(self):
+        """Holds one of the batcher's `capacity` places for the `with` block; UNAVAILABLE when none is free."""
+        with self._condition:
+            if self._admitted >= self.capacity:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   f"the batching queue is full ({self.capacity} calls waiting or running); "
+                                   f"try again later")
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._admitted -= 1
+
+    @property
+    def admitted(self) -> int:
+        """Calls holding one of the batcher's places now."""
+        return self._admitted
+
+    def run(self, model_name: str, loaded, signature_name: str, inputs: Arrays,
+            time_remaining: Optional[float]) -> Arrays:
+        """The outputs of `loaded.run(signature_name, inputs)` for this call alone, computed in a merged batch (the
+        signature must be `batchable`); `time_remaining` in seconds (None: no deadline)."""
         size = int(next(iter(inputs.values())).shape[0])
         if size > self.parameters.max_batch_size:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -218,7 +245,8 @@ class Batcher:
             if queue is None:
                 queue = self._queues[key] = _Queue(run)  # holds `loaded` through `run` while it has calls
             last = queue.batches[-1] if queue.batches else None
-            if last is None or last.size + task.size > self.parameters.max_batch_size:
+            opened = last is None or last.size + task.size > self.parameters.max_batch_size
+            if opened:
                 if len(queue.batches) >= self.parameters.max_enqueued_batches:
                     raise ServingError(grpc.StatusCode.UNAVAILABLE,
                                        f"the batching queue is full ({self.parameters.max_enqueued_batches} batches "
@@ -228,7 +256,8 @@ class Batcher:
             last.tasks.append(task)
             last.size += task.size
             task.batch = last
-            self._condition.notify()
+            if opened or last.size >= self.parameters.max_batch_size:
+                self._condition.notify()  # a batch may run sooner; joining an open batch changes nothing
 
     def _leave(self, key: tuple, task: _Task) -> None:
         """Takes a queued `task` out of its batch (the condition's lock held)."""
@@ -258,6 +287,8 @@ class Batcher:
         queue.batches.remove(batch)
         if not queue.batches:
             del self._queues[key]
+        if self._queues:
+            self._condition.notify()  # another thread takes over the waiting for the batches left
         return (queue, batch), None
 
     def _work(self) -> None:
@@ -288,11 +319,13 @@ class Batcher:
             inputs = tasks[0].inputs
         else:
             inputs = {}
-            for key in tasks[0].inputs:
-                parts = [task.inputs[key] for task in tasks]
-                if padded > total:  # TF Serving pads with copies of the batch's first example
-                    parts.append(np.repeat(parts[0][:1], padded - total, axis=0))
-                inputs[key] = np.concatenate(parts)
+            for key, first in tasks[0].inputs.items():  # one copy of each call's inputs into the merged array
+                merged = inputs[key] = np.empty((padded, *first.shape[1:]), first.dtype)
+                start = 0
+                for task in tasks:
+                    merged[start : start + task.size] = task.inputs[key]
+                    start += task.size
+                merged[total:] = merged[:1]  # TF Serving pads with copies of the batch's first example
         try:
             outputs = queue.run(inputs)
             unbatched = sorted(key for key, value in outputs.items() if np.ndim(value) < 1 or len(value) != padded)

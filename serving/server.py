@@ -17,10 +17,12 @@ Predict: the server has threads for every admitted Predict plus CONTROL_THREADS,
 Errors the server did not foresee are logged with their traceback; the client gets INTERNAL with a reference to the
 log line, never a path or exception text.
 
-With --enable_batching (and TF Serving's --batching_parameters_file) a Predict, once admitted and checked, joins a
-batch of concurrent calls to the same version and signature (serving/batching.py); a merged batch holds at most
---max_concurrent calls. With --prefer_tflite_model a version folder holding model.tflite is served from it by pools of
-LiteRT interpreters (serving/tflite_pool.py), else from its SavedModel.
+With --enable_batching (and TF Serving's --batching_parameters_file) a Predict to a batchable signature is admitted
+by the batcher instead of the Predict slots: it takes one of the batcher's places (UNAVAILABLE when all are held),
+is checked, and joins a batch of concurrent calls to the same version and signature (serving/batching.py), so a batch
+can hold up to max_batch_size calls. The server has a thread for each of the batcher's places, at most
+MAX_BATCHING_THREADS. Other signatures keep the Predict slots. With --prefer_tflite_model a version folder holding
+model.tflite is served from it by pools of LiteRT interpreters (serving/tflite_pool.py), else from its SavedModel.
 
 Binds to 127.0.0.1 unless --host says otherwise; --port 0 picks a free port (printed). SIGTERM or SIGINT stops it
 cleanly: no new calls, in-flight calls get --grace_seconds to finish.
@@ -54,7 +56,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from tfface import cli  # noqa: E402
-from serving.batching import Batcher, BatchingParameters, read_batching_parameters  # noqa: E402
+from serving.batching import Batcher, BatchingParameters, batchable, read_batching_parameters  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
 from serving.tflite_pool import version_loader  # noqa: E402
@@ -66,6 +68,8 @@ MEGABYTE = 1 << 20
 # Calls other than Predict (metadata, status) get these threads beyond the Predict slots and queue, so they answer
 # while Predict is full.
 CONTROL_THREADS = 4
+# The most threads batching parameters may ask for (one per call the batcher can hold); more is refused with a line.
+MAX_BATCHING_THREADS = 4096
 
 
 def _log_reference(message: str, *args) -> str:
@@ -90,6 +94,19 @@ def _answers_errors(handler):
             context.abort(grpc.StatusCode.INTERNAL, f"internal error [{reference}]; the server log has the details")
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _model_input_errors(model_name: str):
+    """Answers the model rejecting checked inputs (tf InvalidArgumentError) INVALID_ARGUMENT with a log reference."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError:
+        reference = _log_reference("model '%s' rejected the inputs", model_name)
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the model rejected the inputs [{reference}]; the server log has the details",
+        ) from None
 
 
 class PredictQueue:
@@ -180,20 +197,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = loaded.signature(signature_name)
         output_keys = checked_output_filter(signature, request.output_filter)
-        with self.queue.slot(context.time_remaining()):
-            inputs = checked_inputs(signature, request.inputs, self.max_batch_size, self.max_tensor_bytes)
-            try:
-                if self.batcher is None:
-                    outputs = loaded.run(signature_name, inputs)
-                else:
-                    outputs = self.batcher.run(request.model_spec.name, loaded, signature_name, signature, inputs,
+        if self.batcher is not None and batchable(signature):
+            with self.batcher.admission():
+                inputs = checked_inputs(signature, request.inputs, self.max_batch_size, self.max_tensor_bytes)
+                with _model_input_errors(request.model_spec.name):
+                    outputs = self.batcher.run(request.model_spec.name, loaded, signature_name, inputs,
                                                context.time_remaining())
-            except tf.errors.InvalidArgumentError:
-                reference = _log_reference("model '%s' rejected the inputs", request.model_spec.name)
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the model rejected the inputs [{reference}]; the server log has the details",
-                ) from None
+        else:
+            with self.queue.slot(context.time_remaining()):
+                inputs = checked_inputs(signature, request.inputs, self.max_batch_size, self.max_tensor_bytes)
+                with _model_input_errors(request.model_spec.name):
+                    outputs = loaded.run(signature_name, inputs)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = loaded.version
@@ -269,13 +283,19 @@ class ModelServer:
         self.queue = PredictQueue(max_concurrent, max_queue, queue_timeout)
         self.poll_seconds = poll_seconds
         self.batcher = None if batching is None else Batcher(batching)
-        if batching is not None and max_concurrent < batching.max_batch_size:
-            LOG.warning("batching: at most --max_concurrent %d calls run at once, so a merged batch holds at most %d "
-                        "calls of max_batch_size %d", max_concurrent, max_concurrent, batching.max_batch_size)
+        batching_threads = 0 if self.batcher is None else self.batcher.capacity
+        if batching_threads > MAX_BATCHING_THREADS:
+            raise ValueError(
+                f"batching parameters ask for {batching_threads} Predict threads, one per call the batcher can hold "
+                f"((max_enqueued_batches {batching.max_enqueued_batches} + num_batch_threads "
+                f"{batching.num_batch_threads}) x max_batch_size {batching.max_batch_size}); at most "
+                f"{MAX_BATCHING_THREADS}: lower max_batch_size or max_enqueued_batches in --batching_parameters_file"
+            )
         message_bytes = int(max_message_mb) * MEGABYTE
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=max_concurrent + max_queue + CONTROL_THREADS, thread_name_prefix="serving"
+                max_workers=max_concurrent + max_queue + batching_threads + CONTROL_THREADS,
+                thread_name_prefix="serving",
             ),
             options=[
                 ("grpc.max_receive_message_length", message_bytes),

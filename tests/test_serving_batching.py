@@ -1,6 +1,7 @@
 """serving.batching (--enable_batching): the parameters file in TF Serving's text format (defaults, one line naming a
 bad field), merged calls answering as unbatched ones, padding to allowed_batch_sizes, a deadline passing while queued,
 the bounded queue, different shapes never merged, and a version swap under batched load failing no call."""
+import contextlib
 import shutil
 import threading
 import time
@@ -10,7 +11,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2
+
+from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving.batching import Batcher, BatchingParameters, parse_batching_parameters
 from serving.errors import ServingError
@@ -73,22 +75,13 @@ class FakeVersion:
         return {"y": inputs["x"] * 2.0}
 
 
-def batch_signature() -> meta_graph_pb2.SignatureDef:
-    signature = meta_graph_pb2.SignatureDef()
-    shape = signature.inputs["x"].tensor_shape
-    shape.dim.add(size=-1)
-    shape.dim.add(size=-1)
-    return signature
-
-
 def test_a_deadline_passing_while_queued_is_deadline_exceeded_and_the_rest_of_the_batch_answers():
     batcher = Batcher(BatchingParameters(max_batch_size=8, num_batch_threads=1)).start()
     version = FakeVersion(delay=0.6)
     try:
         with futures.ThreadPoolExecutor(4) as pool:
             def call(value, rows, deadline):
-                return batcher.run("m", version, "s", batch_signature(), {"x": np.full((rows, 3), value, "f4")},
-                                   deadline)
+                return batcher.run("m", version, "s", {"x": np.full((rows, 3), value, "f4")}, deadline)
 
             busy = pool.submit(call, 1.0, 1, 10.0)  # takes the only batch thread
             assert version.started.wait(5)
@@ -111,7 +104,7 @@ def test_a_full_queue_is_unavailable_and_different_shapes_are_never_merged():
     try:
         with futures.ThreadPoolExecutor(6) as pool:
             def call(rows, width=3):
-                return batcher.run("m", version, "s", batch_signature(), {"x": np.ones((rows, width), "f4")}, 10.0)
+                return batcher.run("m", version, "s", {"x": np.ones((rows, width), "f4")}, 10.0)
 
             first = [pool.submit(call, 2), pool.submit(call, 2)]  # one full batch: runs at once
             assert version.started.wait(5)
@@ -128,6 +121,30 @@ def test_a_full_queue_is_unavailable_and_different_shapes_are_never_merged():
         assert sorted(version.sizes) == [1, 3, 4]
     finally:
         batcher.stop()
+
+
+def test_the_batcher_admits_its_capacity_of_calls_then_is_unavailable():
+    batcher = Batcher(BatchingParameters(max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1))
+    assert batcher.capacity == 4  # (1 queued + 1 running batch) x 2 calls of at least one example
+    with contextlib.ExitStack() as held:
+        for _ in range(4):
+            held.enter_context(batcher.admission())
+        with pytest.raises(ServingError, match=r"batching queue is full \(4 calls waiting or running\)") as caught:
+            held.enter_context(batcher.admission())
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE and batcher.admitted == 4
+    assert batcher.admitted == 0
+    with batcher.admission():
+        assert batcher.admitted == 1
+
+
+def test_parameters_asking_for_too_many_threads_are_one_line(base_path, tmp_path, capsys):
+    parameters = tmp_path / "b.config"
+    parameters.write_text("max_batch_size { value: 1000 } num_batch_threads { value: 2 }")  # TF Serving's 1000 x 10
+    assert server_main(["--model_name", "tiny", "--model_base_path", str(base_path), "--port", "0",
+                        "--enable_batching", "--batching_parameters_file", str(parameters)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: batching parameters ask for 12000 Predict threads")
+    assert "(max_enqueued_batches 10 + num_batch_threads 2) x max_batch_size 1000); at most 4096" in err
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +221,45 @@ def test_a_version_swap_under_batched_load_fails_no_call(batched_server, runs):
         stop.set()
         versions = [version for future in clients for version in future.result()]
     assert versions[0] == 1 and versions[-1] == 2 and set(versions) == {1, 2}
+
+
+def test_calls_wait_in_the_batch_queue_not_in_predict_slots(base_path, runs, tmp_path):
+    """24 one-face calls with --max_concurrent 2 form one batch of 24 (the batch runs when full); while 23 wait in
+    it, metadata and status answer at once."""
+    base = tmp_path / "tiny"
+    shutil.copytree(base_path / "1", base / "1")
+    parameters = BatchingParameters(max_batch_size=24, batch_timeout_micros=60_000_000, num_batch_threads=1)
+    with ModelServer({"tiny": str(base)}, port=0, max_concurrent=2, max_queue=0, batching=parameters) as running:
+        served = running.models.by_name["tiny"].get()
+        sizes = []
+        original_run = served.run
+
+        def recording_run(name, inputs):
+            sizes.append(len(inputs["images"]))
+            return original_run(name, inputs)
+
+        served.run = recording_run
+        calls = [uint8_images(1, seed=index) for index in range(24)]
+        prediction, model_service = stubs(running.port)
+
+        def predict(images):
+            response = prediction.Predict(predict_request(images), timeout=60)
+            return tf.make_ndarray(response.outputs["embedding"])
+
+        with futures.ThreadPoolExecutor(24) as pool:
+            waiting = [pool.submit(predict, images) for images in calls[:23]]
+            deadline = time.time() + 30
+            while running.batcher.admitted < 23:
+                assert time.time() < deadline, f"only {running.batcher.admitted} calls reached the batcher"
+                time.sleep(0.05)
+            metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+            metadata.model_spec.name = "tiny"
+            assert prediction.GetModelMetadata(metadata, timeout=10).model_spec.version.value == 1
+            assert status_of(model_service)[1][0] == State.AVAILABLE
+            assert sizes == []  # still waiting for the 24th call
+            last = pool.submit(predict, calls[23])
+            answers = [future.result() for future in waiting] + [last.result()]
+        del served.run
+    assert sizes == [24]
+    expected = keras_embeddings(runs["v1"], np.concatenate(calls))
+    np.testing.assert_allclose(np.concatenate(answers), expected, atol=1e-5)
