@@ -4,10 +4,12 @@ per call to a trivial model, through `Batcher.run` (batching on) or calling the 
     python -m benchmarks.bench_batching_overhead [--threads 1,8,64] [--seconds 2] [--batch_timeout_micros 0]
 
 The trivial model returns the first 512 pixels of each face as float32 (a [batch, 512] "embedding"), so nearly all of
-a batched call's time is the batcher's: queueing, merging (one copy of the inputs), waking the batch thread and the
-caller, splitting (through `admission()` and `run`, as serving.server's Predict). For each thread count and mode it prints calls/s, p50 and p99 latency (ms) and, for batching on,
-the batch sizes formed (mean, max) and the overhead per call: batched minus direct p50 latency, and batched minus
-direct wall time per call (1000 / calls/s, ms). max_batch_size 64, num_batch_threads 2, max_enqueued_batches 8.
+a batched call's time is the batcher's (through `admission()` and `run`, as serving.server's Predict): admission,
+queueing, merging (one copy of the inputs), thread hand-offs, splitting. Parameters: max_batch_size 64,
+num_batch_threads 2, max_enqueued_batches 8. For each thread count and mode it prints calls/s, process CPU ms per call
+(all threads, batch threads included), p50 and p99 latency (ms) and, for batching on, the batch sizes formed (mean,
+max) and the overhead per call, batched minus direct: CPU ms, p50 latency ms, and wall ms per call (1000 / calls/s).
+On a machine shared with other jobs the tails and the wall figures swing most between runs.
 """
 import argparse
 import threading
@@ -34,8 +36,9 @@ class TrivialVersion:
         return {"embedding": images.reshape(len(images), -1)[:, :EMBEDDING].astype(np.float32)}
 
 
-def load(call, threads: int, seconds: float) -> (float, np.ndarray):
-    """Calls/s and every call's latency (s) of `threads` threads each calling `call(face)` for `seconds`."""
+def load(call, threads: int, seconds: float) -> (float, float, np.ndarray):
+    """Calls/s, process CPU ms per call (all threads, batch threads included) and every call's latency (s) of
+    `threads` threads each calling `call(face)` for `seconds`."""
     latencies: List[List[float]] = [[] for _ in range(threads)]
     start = threading.Barrier(threads + 1)
     stop = threading.Event()
@@ -52,14 +55,14 @@ def load(call, threads: int, seconds: float) -> (float, np.ndarray):
     for worker in workers:
         worker.start()
     start.wait()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     time.sleep(seconds)
     stop.set()
     for worker in workers:
         worker.join()
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     every = np.concatenate([np.asarray(part) for part in latencies])
-    return len(every) / elapsed, every
+    return len(every) / elapsed, cpu * 1e3 / len(every), every
 
 
 def main(argv=None) -> None:
@@ -70,15 +73,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     parameters = BatchingParameters(max_batch_size=64, batch_timeout_micros=args.batch_timeout_micros,
                                     max_enqueued_batches=8, num_batch_threads=2)
-    print(f"| threads | mode | calls/s | p50 ms | p99 ms | batch size mean / max | overhead per call: p50 ms, "
-          f"wall ms |")
-    print("|---|---|---|---|---|---|---|")
+    print("| threads | mode | calls/s | CPU ms per call | p50 ms | p99 ms | batch size mean / max | overhead per call: "
+          "CPU ms, p50 ms, wall ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for threads in [int(text) for text in args.threads.split(",")]:
         version = TrivialVersion()
-        rate, latencies = load(lambda face: version.run("serving_default", {"images": face}), threads, args.seconds)
+        rate, cpu, latencies = load(lambda face: version.run("serving_default", {"images": face}), threads,
+                                    args.seconds)
         direct_p50 = np.percentile(latencies, 50) * 1e3
-        print(f"| {threads} | direct | {rate:.0f} | {direct_p50:.3f} | {np.percentile(latencies, 99) * 1e3:.3f} "
-              f"| 1 / 1 | |")
+        print(f"| {threads} | direct | {rate:.0f} | {cpu:.4f} | {direct_p50:.3f} | "
+              f"{np.percentile(latencies, 99) * 1e3:.3f} | 1 / 1 | |")
         version = TrivialVersion()
         batcher = Batcher(parameters).start()
 
@@ -87,13 +91,13 @@ def main(argv=None) -> None:
                 return batcher.run("m", version, "serving_default", {"images": face}, 60.0)
 
         try:
-            batched_rate, latencies = load(batched, threads, args.seconds)
+            batched_rate, batched_cpu, latencies = load(batched, threads, args.seconds)
         finally:
             batcher.stop()
         p50 = np.percentile(latencies, 50) * 1e3
-        print(f"| {threads} | batched | {batched_rate:.0f} | {p50:.3f} | {np.percentile(latencies, 99) * 1e3:.3f} "
-              f"| {np.mean(version.sizes):.1f} / {max(version.sizes)} | {p50 - direct_p50:+.3f}, "
-              f"{1e3 / batched_rate - 1e3 / rate:+.3f} |")
+        print(f"| {threads} | batched | {batched_rate:.0f} | {batched_cpu:.4f} | {p50:.3f} | "
+              f"{np.percentile(latencies, 99) * 1e3:.3f} | {np.mean(version.sizes):.1f} / {max(version.sizes)} | "
+              f"{batched_cpu - cpu:+.4f}, {p50 - direct_p50:+.3f}, {1e3 / batched_rate - 1e3 / rate:+.3f} |")
 
 
 if __name__ == "__main__":

@@ -30,11 +30,13 @@ being run can hold); a call past it is UNAVAILABLE before its arrays are built. 
 
 Scheduling, per queue (one per model version, signature and per-example shapes/dtypes): a call joins the newest open
 batch if it fits within max_batch_size, else opens a new one; a queue holding max_enqueued_batches batches refuses
-the call with UNAVAILABLE (TF Serving's "queue is full"); a call larger than max_batch_size is INVALID_ARGUMENT. A
-batch runs on one of num_batch_threads threads once it is full, a newer batch exists behind it, or its first call
-has waited batch_timeout_micros. A call whose deadline passes while its batch is still queued leaves it and gets
-DEADLINE_EXCEEDED; the rest of the batch runs without it. A queue holds its version object, so calls that started on
-a version finish on it while a newer one is swapped in.
+the call with UNAVAILABLE (TF Serving's "queue is full"); a call larger than max_batch_size is INVALID_ARGUMENT. At
+most num_batch_threads batches run at once. A batch runs once it is full, a newer batch exists behind it, or its
+first call has waited batch_timeout_micros: on the thread of the call that made it ready on arrival (it filled it, or
+batch_timeout_micros is 0) while fewer than num_batch_threads batches run, which saves that call two thread
+hand-offs; else on one of the num_batch_threads batch threads. A call whose deadline passes while its batch is still
+queued leaves it and gets DEADLINE_EXCEEDED; the rest of the batch runs without it. A queue holds its version object,
+so calls that started on a version finish on it while a newer one is swapped in.
 """
 import contextlib
 import logging
@@ -176,6 +178,7 @@ class Batcher:
         self._timeout = parameters.batch_timeout_micros / 1e6
         self.capacity = (parameters.max_enqueued_batches + parameters.num_batch_threads) * parameters.max_batch_size
         self._admitted = 0  # calls inside admission(), at most capacity
+        self._running = 0  # batches running, on batch threads or callers' threads; at most num_batch_threads
         self._queues: Dict[tuple, _Queue] = {}
         self._condition = threading.Condition()
         self._stopped = False
@@ -221,7 +224,9 @@ class Batcher:
         key = (model_name, loaded, signature_name, shapes)
         now = time.monotonic()
         task = _Task(inputs, size, now + time_remaining if time_remaining is not None else float("inf"))
-        self._enqueue(key, task, lambda batch_inputs: loaded.run(signature_name, batch_inputs), now)
+        own = self._enqueue(key, task, lambda batch_inputs: loaded.run(signature_name, batch_inputs), now)
+        if own is not None:
+            self._run_batch(*own)
         if task.done.wait(None if time_remaining is None else max(0.0, time_remaining)):
             return self._result(task)
         with self._condition:
@@ -237,7 +242,10 @@ class Batcher:
             raise task.error
         return task.outputs
 
-    def _enqueue(self, key: tuple, task: _Task, run: Callable[[Arrays], Arrays], now: float) -> None:
+    def _enqueue(self, key: tuple, task: _Task, run: Callable[[Arrays], Arrays],
+                 now: float) -> Optional[Tuple[_Queue, _Batch]]:
+        """Puts `task` in its queue's newest batch (or a new one); returns (queue, batch) when the caller is to run
+        its batch now (module docstring), else None."""
         with self._condition:
             if self._stopped:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
@@ -256,8 +264,13 @@ class Batcher:
             last.tasks.append(task)
             last.size += task.size
             task.batch = last
-            if opened or last.size >= self.parameters.max_batch_size:
+            full = last.size >= self.parameters.max_batch_size
+            if (self._running < self.parameters.num_batch_threads and last is queue.batches[0]
+                    and (full or now >= last.opened + self._timeout)):
+                return self._take(key, queue, last)
+            if opened or full:
                 self._condition.notify()  # a batch may run sooner; joining an open batch changes nothing
+            return None
 
     def _leave(self, key: tuple, task: _Task) -> None:
         """Takes a queued `task` out of its batch (the condition's lock held)."""
@@ -270,7 +283,10 @@ class Batcher:
                 del self._queues[key]
 
     def _ready_batch(self) -> Tuple[Optional[Tuple[_Queue, _Batch]], Optional[float]]:
-        """The oldest batch that may run now and its queue, or None and the seconds until one may (None: no batch)."""
+        """Takes the oldest batch that may run now and returns it with its queue, or None and the seconds until one
+        may (None: no batch, or num_batch_threads batches running)."""
+        if self._running >= self.parameters.num_batch_threads:
+            return None, None
         now, wait, ready = time.monotonic(), None, None
         for key, queue in self._queues.items():
             first = queue.batches[0]
@@ -282,14 +298,18 @@ class Batcher:
                 wait = due - now if wait is None else min(wait, due - now)
         if ready is None:
             return None, wait
-        key, queue, batch = ready
+        return self._take(*ready), None
+
+    def _take(self, key: tuple, queue: _Queue, batch: _Batch) -> Tuple[_Queue, _Batch]:
+        """Takes `batch`, the first of `queue`, out to run (the condition's lock held); counts it as running."""
         batch.taken = True
         queue.batches.remove(batch)
         if not queue.batches:
             del self._queues[key]
+        self._running += 1
         if self._queues:
             self._condition.notify()  # another thread takes over the waiting for the batches left
-        return (queue, batch), None
+        return queue, batch
 
     def _work(self) -> None:
         while True:
@@ -304,6 +324,16 @@ class Batcher:
             self._run_batch(*ready)
 
     def _run_batch(self, queue: _Queue, batch: _Batch) -> None:
+        """Runs a taken batch and answers its calls; then frees its run for a waiting batch."""
+        try:
+            self._answer(queue, batch)
+        finally:
+            with self._condition:
+                self._running -= 1
+                if self._queues:
+                    self._condition.notify()
+
+    def _answer(self, queue: _Queue, batch: _Batch) -> None:
         now = time.monotonic()
         tasks = []
         for task in batch.tasks:

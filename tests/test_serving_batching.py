@@ -2,6 +2,7 @@
 bad field), merged calls answering as unbatched ones, padding to allowed_batch_sizes, a deadline passing while queued,
 the bounded queue, different shapes never merged, and a version swap under batched load failing no call."""
 import contextlib
+import functools
 import shutil
 import threading
 import time
@@ -97,6 +98,38 @@ def test_a_deadline_passing_while_queued_is_deadline_exceeded_and_the_rest_of_th
         batcher.stop()
 
 
+def wait_for(condition, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"not true within {seconds} s"
+        time.sleep(0.01)
+
+
+def test_a_call_that_makes_its_batch_ready_runs_it_on_its_own_thread_while_a_run_is_free():
+    batcher = Batcher(BatchingParameters(max_batch_size=4, num_batch_threads=1)).start()  # timeout 0: ready at once
+    version, release, threads = FakeVersion(), threading.Event(), []
+    original_run = version.run
+
+    def gated_run(name, inputs):
+        threads.append(threading.current_thread().name)
+        release.wait(10)
+        return original_run(name, inputs)
+
+    version.run = gated_run
+    try:
+        with futures.ThreadPoolExecutor(2, thread_name_prefix="caller") as pool:
+            call = functools.partial(batcher.run, "m", version, "s", {"x": np.ones((1, 3), "f4")}, 10.0)
+            first = pool.submit(call)  # the only run is free: runs on its caller's thread
+            wait_for(lambda: threads)
+            second = pool.submit(call)  # the run is busy: queued for a batch thread
+            wait_for(lambda: batcher._queues)
+            release.set()
+            assert first.result()["y"].tolist() == second.result()["y"].tolist() == [[2.0] * 3]
+        assert threads[0].startswith("caller") and threads[1] == "batch_threads-0"
+    finally:
+        batcher.stop()
+
+
 def test_a_full_queue_is_unavailable_and_different_shapes_are_never_merged():
     batcher = Batcher(BatchingParameters(max_batch_size=4, max_enqueued_batches=1, num_batch_threads=1,
                                          batch_timeout_micros=200_000)).start()
@@ -159,8 +192,9 @@ def batched_server(base_path, tmp_path_factory):
         yield running
 
 
-def test_batched_answers_equal_unbatched_ones_per_call(batched_server, runs):
-    served = batched_server.models.by_name["tiny"].get()
+@contextlib.contextmanager
+def recorded_batch_sizes(served):
+    """Yields a list that gets the batch size of each run of `served` (a loaded version) inside the block."""
     sizes = []
     original_run = served.run
 
@@ -169,17 +203,23 @@ def test_batched_answers_equal_unbatched_ones_per_call(batched_server, runs):
         return original_run(name, inputs)
 
     served.run = recording_run
-    calls = [uint8_images(1 + index % 3, seed=index) for index in range(12)]
     try:
-        def predict(images):
-            prediction, _ = stubs(batched_server.port)
-            response = prediction.Predict(predict_request(images), timeout=60)
-            return tf.make_ndarray(response.outputs["embedding"])
-
-        with futures.ThreadPoolExecutor(12) as pool:
-            answers = list(pool.map(predict, calls))
+        yield sizes
     finally:
         del served.run
+
+
+def test_batched_answers_equal_unbatched_ones_per_call(batched_server, runs):
+    served = batched_server.models.by_name["tiny"].get()
+    calls = [uint8_images(1 + index % 3, seed=index) for index in range(12)]
+
+    def predict(images):
+        prediction, _ = stubs(batched_server.port)
+        response = prediction.Predict(predict_request(images), timeout=60)
+        return tf.make_ndarray(response.outputs["embedding"])
+
+    with recorded_batch_sizes(served) as sizes, futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(predict, calls))
     for images, answer in zip(calls, answers):
         np.testing.assert_allclose(answer, served.run("serving_default", {"images": images})["embedding"],
                                    atol=1e-6)  # the same model alone on this call: float32 round-off
@@ -230,15 +270,6 @@ def test_calls_wait_in_the_batch_queue_not_in_predict_slots(base_path, runs, tmp
     shutil.copytree(base_path / "1", base / "1")
     parameters = BatchingParameters(max_batch_size=24, batch_timeout_micros=60_000_000, num_batch_threads=1)
     with ModelServer({"tiny": str(base)}, port=0, max_concurrent=2, max_queue=0, batching=parameters) as running:
-        served = running.models.by_name["tiny"].get()
-        sizes = []
-        original_run = served.run
-
-        def recording_run(name, inputs):
-            sizes.append(len(inputs["images"]))
-            return original_run(name, inputs)
-
-        served.run = recording_run
         calls = [uint8_images(1, seed=index) for index in range(24)]
         prediction, model_service = stubs(running.port)
 
@@ -246,12 +277,10 @@ def test_calls_wait_in_the_batch_queue_not_in_predict_slots(base_path, runs, tmp
             response = prediction.Predict(predict_request(images), timeout=60)
             return tf.make_ndarray(response.outputs["embedding"])
 
-        with futures.ThreadPoolExecutor(24) as pool:
+        served = running.models.by_name["tiny"].get()
+        with recorded_batch_sizes(served) as sizes, futures.ThreadPoolExecutor(24) as pool:
             waiting = [pool.submit(predict, images) for images in calls[:23]]
-            deadline = time.time() + 30
-            while running.batcher.admitted < 23:
-                assert time.time() < deadline, f"only {running.batcher.admitted} calls reached the batcher"
-                time.sleep(0.05)
+            wait_for(lambda: running.batcher.admitted == 23)
             metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
             metadata.model_spec.name = "tiny"
             assert prediction.GetModelMetadata(metadata, timeout=10).model_spec.version.value == 1
@@ -259,7 +288,6 @@ def test_calls_wait_in_the_batch_queue_not_in_predict_slots(base_path, runs, tmp
             assert sizes == []  # still waiting for the 24th call
             last = pool.submit(predict, calls[23])
             answers = [future.result() for future in waiting] + [last.result()]
-        del served.run
     assert sizes == [24]
     expected = keras_embeddings(runs["v1"], np.concatenate(calls))
     np.testing.assert_allclose(np.concatenate(answers), expected, atol=1e-5)
