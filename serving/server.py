@@ -18,6 +18,13 @@ Predict: the server has threads for every admitted Predict plus CONTROL_THREADS,
 Errors the server did not foresee are logged with their traceback; the client gets INTERNAL with a reference to the
 log line, never a path or exception text.
 
+With --enable_batching (and TF Serving's --batching_parameters_file) a Predict to a batchable signature is admitted
+by the batcher instead of the Predict slots: it takes one of the batcher's places (UNAVAILABLE when all are held),
+is checked, and joins a batch of concurrent calls to the same version and signature (serving/batching.py), so a batch
+can hold up to max_batch_size calls. The server has a thread for each of the batcher's places, at most
+MAX_BATCHING_THREADS. Other signatures keep the Predict slots. With --prefer_tflite_model a version folder holding
+model.tflite is served from it by pools of LiteRT interpreters (serving/tflite_pool.py), else from its SavedModel.
+
 Binds to 127.0.0.1 unless --host says otherwise; --port 0 picks a free port (printed). SIGTERM or SIGINT stops it
 cleanly: no new calls, in-flight calls get --grace_seconds to finish.
 """
@@ -26,6 +33,7 @@ import collections
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -50,8 +58,10 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
+from serving.batching import Batcher, BatchingParameters, batchable, read_batching_parameters  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
+from serving.tflite_pool import version_loader  # noqa: E402
 from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
 
 LOG = logging.getLogger("serving")
@@ -60,6 +70,8 @@ MEGABYTE = 1 << 20
 # Calls other than Predict (metadata, status) get these threads beyond the Predict slots and queue, so they answer
 # while Predict is full.
 CONTROL_THREADS = 4
+# The most threads batching parameters may ask for (one per call the batcher can hold); more is refused with a line.
+MAX_BATCHING_THREADS = 4096
 
 
 def _log_reference(message: str, *args) -> str:
@@ -84,6 +96,19 @@ def _answers_errors(handler):
             context.abort(grpc.StatusCode.INTERNAL, f"internal error [{reference}]; the server log has the details")
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _model_input_errors(model_name: str):
+    """Answers the model rejecting checked inputs (tf InvalidArgumentError) INVALID_ARGUMENT with a log reference."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError:
+        reference = _log_reference("model '%s' rejected the inputs", model_name)
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the model rejected the inputs [{reference}]; the server log has the details",
+        ) from None
 
 
 class PredictQueue:
@@ -160,11 +185,13 @@ class Models:
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata (signature_def only, as tensorflow_model_server)."""
 
-    def __init__(self, models: Models, queue: PredictQueue, max_batch_size: int, max_tensor_bytes: int):
+    def __init__(self, models: Models, queue: PredictQueue, max_batch_size: int, max_tensor_bytes: int,
+                 batcher: Optional[Batcher] = None):
         self.models = models
         self.queue = queue
         self.max_batch_size = max_batch_size
         self.max_tensor_bytes = max_tensor_bytes
+        self.batcher = batcher
 
     @_answers_errors
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
@@ -172,16 +199,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = loaded.signature(signature_name)
         output_keys = checked_output_filter(signature, request.output_filter)
-        with self.queue.slot(context.time_remaining()):
-            inputs = checked_inputs(signature, request.inputs, self.max_batch_size, self.max_tensor_bytes)
-            try:
-                outputs = loaded.run(signature_name, inputs)
-            except tf.errors.InvalidArgumentError:
-                reference = _log_reference("model '%s' rejected the inputs", request.model_spec.name)
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the model rejected the inputs [{reference}]; the server log has the details",
-                ) from None
+        if self.batcher is not None and batchable(signature):
+            with self.batcher.admission():
+                inputs = checked_inputs(signature, request.inputs, self.max_batch_size, self.max_tensor_bytes)
+                with _model_input_errors(request.model_spec.name):
+                    outputs = self.batcher.run(request.model_spec.name, loaded, signature_name, inputs,
+                                               context.time_remaining())
+        else:
+            with self.queue.slot(context.time_remaining()):
+                inputs = checked_inputs(signature, request.inputs, self.max_batch_size, self.max_tensor_bytes)
+                with _model_input_errors(request.model_spec.name):
+                    outputs = loaded.run(signature_name, inputs)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = loaded.version
@@ -237,12 +265,14 @@ class ModelServer:
     def __init__(
         self, models: Dict[str, str], host: str = "127.0.0.1", port: int = 8500, max_concurrent: int = 16,
         max_queue: int = 128, queue_timeout: float = 30.0, max_batch_size: int = 256, max_message_mb: int = 256,
-        poll_seconds: float = 1.0,
+        poll_seconds: float = 1.0, batching: Optional[BatchingParameters] = None, prefer_tflite_model: bool = False,
+        num_tflite_pools: int = os.cpu_count() or 1, num_tflite_interpreters_per_pool: int = 1,
     ):
         if not models:
             raise ValueError("no model to serve")
         for name, value in (("max_concurrent", max_concurrent), ("max_batch_size", max_batch_size),
-                            ("max_message_mb", max_message_mb)):
+                            ("max_message_mb", max_message_mb), ("num_tflite_pools", num_tflite_pools),
+                            ("num_tflite_interpreters_per_pool", num_tflite_interpreters_per_pool)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if int(max_queue) < 0:
@@ -250,13 +280,24 @@ class ModelServer:
         for name, value in (("queue_timeout", queue_timeout), ("poll_seconds", poll_seconds)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        self.models = Models({name: ModelVersions(name, path) for name, path in models.items()})
+        load = version_loader(prefer_tflite_model, int(num_tflite_pools), int(num_tflite_interpreters_per_pool))
+        self.models = Models({name: ModelVersions(name, path, load) for name, path in models.items()})
         self.queue = PredictQueue(max_concurrent, max_queue, queue_timeout)
         self.poll_seconds = poll_seconds
+        self.batcher = None if batching is None else Batcher(batching)
+        batching_threads = 0 if self.batcher is None else self.batcher.capacity
+        if batching_threads > MAX_BATCHING_THREADS:
+            raise ValueError(
+                f"batching parameters ask for {batching_threads} Predict threads, one per call the batcher can hold "
+                f"((max_enqueued_batches {batching.max_enqueued_batches} + num_batch_threads "
+                f"{batching.num_batch_threads}) x max_batch_size {batching.max_batch_size}); at most "
+                f"{MAX_BATCHING_THREADS}: lower max_batch_size or max_enqueued_batches in --batching_parameters_file"
+            )
         message_bytes = int(max_message_mb) * MEGABYTE
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=max_concurrent + max_queue + CONTROL_THREADS, thread_name_prefix="serving"
+                max_workers=max_concurrent + max_queue + batching_threads + CONTROL_THREADS,
+                thread_name_prefix="serving",
             ),
             options=[
                 ("grpc.max_receive_message_length", message_bytes),
@@ -265,7 +306,7 @@ class ModelServer:
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.models, self.queue, max_batch_size, message_bytes), self._server
+            PredictionService(self.models, self.queue, max_batch_size, message_bytes, self.batcher), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self._server)
         try:
@@ -292,6 +333,8 @@ class ModelServer:
 
     def start(self) -> "ModelServer":
         self.poll()
+        if self.batcher is not None:
+            self.batcher.start()
         for model in self.models.by_name.values():
             if not model.statuses():
                 LOG.warning("model '%s': no version under %s yet; waiting for one", model.name, model.base_path)
@@ -302,6 +345,8 @@ class ModelServer:
     def stop(self, grace_seconds: float = 5.0) -> None:
         """Refuses new calls, lets in-flight ones finish for up to `grace_seconds`, stops polling."""
         self._server.stop(grace_seconds).wait()
+        if self.batcher is not None:
+            self.batcher.stop()
         self._stop_polling.set()
         if self._poller.is_alive():
             self._poller.join()
@@ -336,6 +381,15 @@ def read_model_config(path: str) -> Dict[str, str]:
     return models
 
 
+def _flag_value(text: str) -> bool:
+    """A boolean flag's value as tensorflow_model_server takes it: --flag, --flag=true or --flag=false."""
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name", help="the model's name in requests (with --model_base_path)")
@@ -354,7 +408,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, help="version polling period")
     parser.add_argument("--grace_seconds", type=float, default=5.0, help="time in-flight calls get at shutdown")
     cli.add_verbose_argument(parser)
+    parser.add_argument("--enable_batching", type=_flag_value, nargs="?", const=True, default=False,
+                        help="merge concurrent Predict calls into one model run (serving/batching.py)")
+    parser.add_argument("--batching_parameters_file",
+                        help="TF Serving's text BatchingParameters (with --enable_batching; default: its defaults)")
+    parser.add_argument("--prefer_tflite_model", type=_flag_value, nargs="?", const=True, default=False,
+                        help="serve a version folder's model.tflite when it has one (serving/tflite_pool.py)")
+    parser.add_argument("--num_tflite_pools", type=int, default=os.cpu_count() or 1,
+                        help="TFLite interpreter pools per version (default: CPU cores)")
+    parser.add_argument("--num_tflite_interpreters_per_pool", type=int, default=1,
+                        help="interpreters per pool; a call's batch is split across them")
     args = parser.parse_args(argv)
+    if args.batching_parameters_file and not args.enable_batching:
+        parser.error("--batching_parameters_file needs --enable_batching")
     if args.model_config_file and (args.model_name or args.model_base_path):
         parser.error("give either --model_config_file or --model_name with --model_base_path")
     if not args.model_config_file and not (args.model_name and args.model_base_path):
@@ -372,10 +438,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         models = read_model_config(args.model_config_file) if args.model_config_file else {
             args.model_name: args.model_base_path
         }
+        batching = None
+        if args.enable_batching:
+            batching = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
+                        else BatchingParameters())
+            LOG.info("batching: %s", batching)
         server = ModelServer(
             models, host=args.host, port=args.port, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
             queue_timeout=args.queue_timeout_seconds, max_batch_size=args.max_batch_size,
-            max_message_mb=args.max_message_mb, poll_seconds=args.file_system_poll_wait_seconds,
+            max_message_mb=args.max_message_mb, poll_seconds=args.file_system_poll_wait_seconds, batching=batching,
+            prefer_tflite_model=args.prefer_tflite_model, num_tflite_pools=args.num_tflite_pools,
+            num_tflite_interpreters_per_pool=args.num_tflite_interpreters_per_pool,
         ).start()
     except (ValueError, OSError) as error:
         return cli.user_error(error)

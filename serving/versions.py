@@ -15,7 +15,7 @@ after a start or a swap time out.
 import logging
 import threading
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -43,6 +43,8 @@ def read_signature_defs(version_dir: Path) -> Dict[str, meta_graph_pb2.Signature
 
 class LoadedVersion:
     """One loaded SavedModel version: `signature_defs` (as GetModelMetadata reports them) and `run`."""
+
+    format = "savedmodel"
 
     def __init__(self, version: int, path: Path):
         self.version = version
@@ -109,8 +111,9 @@ def folder_fingerprint(folder: Path) -> Tuple:
 class ModelVersions:
     """The served version of model `name` (newest under `base_path`) and the state of every version seen."""
 
-    def __init__(self, name: str, base_path):
+    def __init__(self, name: str, base_path, load: Callable[[int, Path], LoadedVersion] = LoadedVersion):
         self.name = name
+        self._load_version = load  # (version, folder) -> LoadedVersion or a subclass (serving/tflite_pool.py)
         self.base_path = Path(base_path)
         if not self.base_path.is_dir():
             raise FileNotFoundError(f"model '{name}': base path not found: {self.base_path}")
@@ -142,7 +145,7 @@ class ModelVersions:
         LOG.info("model '%s': loading version %d from %s", self.name, version, path)
         files = folder_fingerprint(path)
         try:
-            loaded = LoadedVersion(version, path)
+            loaded = self._load_version(version, path)
         except Exception as error:  # any failure of a SavedModel load is reported, not raised into the server
             LOG.error("model '%s': version %d failed to load from %s: %s", self.name, version, path, error)
             self._failed_files[version] = files
@@ -163,7 +166,7 @@ class ModelVersions:
             if previous is not None:
                 self._statuses[previous.version] = VersionStatus(State.END)
         if loaded is not None:
-            LOG.info("model '%s': serving version %d", self.name, loaded.version)
+            LOG.info("model '%s': serving version %d (%s)", self.name, loaded.version, loaded.format)
         if previous is not None:
             LOG.info("model '%s': version %d unloaded", self.name, previous.version)
 

@@ -12,11 +12,15 @@ Parity: the written file, run by its own runtime (LiteRT, onnxruntime), against 
 max |diff| of the unit embeddings and, given pairs, the verification accuracy of both (10-fold or the pairs' own
 folds, no flip). A float32 file whose max |diff| exceeds FLOAT32_PARITY is not written; quantised files are
 reported, not judged. The metadata (the SavedModel's, the format, the parity numbers) is FILE.json beside it.
+
+`export_run_with_tflite` writes a SavedModel version folder that also holds `model.tflite` (float32, the three
+signatures, parity-checked the same way), which serving.server --prefer_tflite_model serves.
 """
 import hashlib
+import json
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -28,7 +32,10 @@ from tfface.embedders import (
     FILE_FORMATS as SUFFIX_FORMATS,
     FLIP_SIGNATURE,
     INPUT_KEY,
+    METADATA_FILE,
+    NORMALIZED_SIGNATURE,
     OUTPUT_KEY,
+    TFLITE_IN_SAVED_MODEL,
     Embedder,
     SavedModelEmbedder,
     load_embedder,
@@ -36,7 +43,7 @@ from tfface.embedders import (
 )
 from tfface.errors import ConfigError
 from tfface.evaluation import PairList, evaluate_pairs, load_images
-from tfface.export import export_backbone, export_metadata
+from tfface.export import export_backbone, export_metadata, export_run
 
 FILE_FORMATS = {file_format: suffix for suffix, file_format in SUFFIX_FORMATS.items()}  # {"tflite": ".tflite", ...}
 QUANTIZE_MODES = ("dynamic", "float16")
@@ -49,10 +56,10 @@ class ParityError(RuntimeError):
     """A float32 file differs from its SavedModel by more than FLOAT32_PARITY."""
 
 
-def tflite_bytes(saved_model_dir, quantize: Optional[str] = None) -> bytes:
-    """A tfface embedding SavedModel converted to a .tflite flatbuffer with its serving_default and embed_flip."""
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir),
-                                                         signature_keys=[DEFAULT_SIGNATURE, FLIP_SIGNATURE])
+def tflite_bytes(saved_model_dir, quantize: Optional[str] = None,
+                 signatures: Sequence[str] = (DEFAULT_SIGNATURE, FLIP_SIGNATURE)) -> bytes:
+    """A tfface embedding SavedModel converted to a .tflite flatbuffer with its `signatures`."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=list(signatures))
     if quantize is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # alone: dynamic-range int8 weights
     if quantize == "float16":
@@ -151,6 +158,34 @@ def export_file(work_dir, out_file, file_format: str, quantize: Optional[str] = 
     atomic.write_json(metadata_path(out_file), metadata)
     atomic.write_bytes(out_file, data)  # after its metadata: a model file present always has its FILE.json
     return metadata
+
+
+def add_tflite_copy(saved_model_dir: Path) -> Dict:
+    """Writes `saved_model_dir/model.tflite` (float32, all three signatures) for TF Serving's --prefer_tflite_model,
+    after the parity check of export_file; records its parity, size and sha256 under "tflite" in the SavedModel's
+    metadata and returns that entry. ParityError, writing nothing, beyond FLOAT32_PARITY."""
+    data = tflite_bytes(saved_model_dir, signatures=(DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE, FLIP_SIGNATURE))
+    with tempfile.TemporaryDirectory(prefix="tfface-deploy-") as folder:
+        candidate_file = Path(folder) / TFLITE_IN_SAVED_MODEL
+        candidate_file.write_bytes(data)
+        checked = parity(SavedModelEmbedder(saved_model_dir), load_embedder(candidate_file))
+    if checked["max_abs_diff"] > FLOAT32_PARITY:
+        raise ParityError(f"tflite copy differs from the SavedModel by max |diff| {checked['max_abs_diff']:.2e} > "
+                          f"{FLOAT32_PARITY:.0e} on {checked['source']}; nothing written")
+    entry = {"file": TFLITE_IN_SAVED_MODEL, "parity": checked, "size_bytes": len(data),
+             "sha256": hashlib.sha256(data).hexdigest(), "converter": {"tensorflow": tf.__version__}}
+    metadata = json.loads((saved_model_dir / METADATA_FILE).read_text())
+    atomic.write_json(saved_model_dir / METADATA_FILE, {**metadata, "tflite": entry})
+    atomic.write_bytes(saved_model_dir / TFLITE_IN_SAVED_MODEL, data)
+    return entry
+
+
+def export_run_with_tflite(work_dir, out_dir) -> Dict:
+    """tfface.export.export_run with model.tflite in the version folder (add_tflite_copy) before it appears;
+    returns the "tflite" metadata entry."""
+    entries = []
+    export_run(work_dir, out_dir, complete=lambda folder: entries.append(add_tflite_copy(folder)))
+    return entries[0]
 
 
 def tf2onnx_version() -> str:

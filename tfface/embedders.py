@@ -29,6 +29,7 @@ INPUT_KEY = "images"
 OUTPUT_KEY = "embedding"
 METADATA_FILE = os.path.join("assets.extra", "tfface_metadata.json")
 FILE_FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
+TFLITE_IN_SAVED_MODEL = "model.tflite"  # a version folder's TFLite copy, as TF Serving's --prefer_tflite_model reads
 
 
 def metadata_path(model_file) -> Path:

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import keras
 import tensorflow as tf
@@ -77,9 +77,12 @@ def embedding_archive(backbone: keras.Model) -> keras.export.ExportArchive:
     return archive
 
 
-def export_backbone(backbone: keras.Model, out_dir, metadata: Dict) -> Path:
+def export_backbone(backbone: keras.Model, out_dir, metadata: Dict,
+                    complete: Optional[Callable[[Path], None]] = None) -> Path:
     """Writes `backbone`'s embedding SavedModel and `metadata` to `out_dir` (must not exist) through a temporary
-    sibling folder and one rename, so a server polling the parent never sees a half-written version."""
+    sibling folder and one rename, so a server polling the parent never sees a half-written version. `complete`, if
+    given, adds to the temporary folder before the rename (tfface.deploy's model.tflite); what it raises writes
+    nothing."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ConfigError(f"export target already exists: {out_dir} (versions are immutable: pick a new number)")
@@ -90,6 +93,8 @@ def export_backbone(backbone: keras.Model, out_dir, metadata: Dict) -> Path:
         metadata_path = temporary / METADATA_FILE
         metadata_path.parent.mkdir()
         metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+        if complete is not None:
+            complete(temporary)
         os.chmod(temporary, 0o755)
         os.rename(temporary, out_dir)
     except BaseException:
@@ -112,11 +117,12 @@ def export_metadata(run: Dict) -> Dict:
     }
 
 
-def export_run(work_dir, out_dir) -> Path:
-    """Exports the embedding path of training run `work_dir` as a SavedModel at `out_dir`; returns `out_dir`."""
+def export_run(work_dir, out_dir, complete: Optional[Callable[[Path], None]] = None) -> Path:
+    """Exports the embedding path of training run `work_dir` as a SavedModel at `out_dir` (`complete`: see
+    export_backbone); returns `out_dir`."""
     run = runs.read_run(work_dir)
     backbone = runs.build_backbone(run, Path(work_dir) / runs.BACKBONE_WEIGHTS)
-    return export_backbone(backbone, out_dir, export_metadata(run))
+    return export_backbone(backbone, out_dir, export_metadata(run), complete)
 
 
 def load_exported(path, version: Optional[int] = None) -> SavedModelEmbedder:
