@@ -79,3 +79,45 @@ def test_aliases_within_the_bound_still_load(tmp_path, tiny_data, capsys):
 
     config = load_config(str(path))
     assert config.optimizer.momentum == 0.8 and config.regularizers[0]["options"]["a"]["momentum"] == 0.8
+
+
+# ------------------------------------------------------------------------------------------------ 1. stale partials
+KILL_BEFORE_RENAME = """
+import os, signal, sys
+replace = os.replace
+def killed(source, target, *rest, **options):
+    if os.path.basename(target) == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(source, target, *rest, **options)
+os.replace = killed
+from trainers.train import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("name", ["history.csv", "head.weights.npz"])  # during an epoch; after training
+def test_a_rerun_removes_the_partial_files_a_kill_before_a_rename_left(tmp_path, tiny_data, capsys, name):
+    """SIGKILL just before the rename of a file in the work dir's top folder; the same command again."""
+    arguments = ["--config", config_file(tmp_path, tiny_data), "--set", "train.epochs=1"]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    killed = subprocess.run([sys.executable, "-c", KILL_BEFORE_RENAME, name, *arguments], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    run = tmp_path / "run"
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert [path.name.split(".")[1] for path in run.glob(".*.partial*")] == [name.split(".")[0]]
+    assert main(arguments) == 0
+    assert list(run.rglob("*partial*")) == []
+    assert (run / name).is_file()
+
+
+def test_a_partial_file_of_a_running_process_is_left_alone(tmp_path):
+    from tfface import atomic
+
+    live = tmp_path / f".history.csv.{os.getppid()}.{'0' * 32}.partial"
+    dead = tmp_path / "sub" / f".history.csv.{2 ** 22 + 1}.{'a' * 32}.partial.weights.h5"
+    other = tmp_path / "notes.partial.txt"
+    for path in (live, dead, other):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x")
+    assert atomic.remove_stale_partial_files(tmp_path) == [str(dead)]
+    assert live.exists() and other.exists() and not dead.exists()

@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfface import atomic  # noqa: E402
 from tfface.data import verify  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.verify import Scan  # noqa: E402
@@ -149,6 +150,7 @@ def train(config: RunConfig, prepared: Optional[Prepared] = None, extra_callback
     trainer, dataset, description, steps_per_epoch, strategy, callbacks = prepared or prepare(config)
     work_dir = config.work_dir
     os.makedirs(work_dir, exist_ok=True)
+    atomic.remove_stale_partial_files(work_dir)  # of a run killed before a rename
     save_config(config, os.path.join(work_dir, "config.yaml"))
     write_json_atomically(
         {
