@@ -1,7 +1,9 @@
 """Faults a hostile user still found (issue 28, training and files: items 1-4): partial files a kill left in the work
 dir's top folder, full disks under TensorBoard and export, poisoned config files and overrides. Each test makes the
 fault happen for real and checks the one-line error, the exit status and the files left behind."""
+import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -121,3 +123,53 @@ def test_a_partial_file_of_a_running_process_is_left_alone(tmp_path):
         path.write_text("x")
     assert atomic.remove_stale_partial_files(tmp_path) == [str(dead)]
     assert live.exists() and other.exists() and not dead.exists()
+
+
+# ------------------------------------------------------------------------------------------------ 2. full disks
+def run_on_a_small_disk(folder: Path, size: str, argv: list) -> subprocess.CompletedProcess:
+    """`python argv` with `folder` a fresh tmpfs of `size` (a real full disk: ENOSPC), mounted in a private user
+    and mount namespace; skips where the kernel or the sandbox allows no such mount."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=4k tmpfs {folder}"],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs in a user namespace here (unshare -rm)")
+    command = f"mount -t tmpfs -o size={size} tmpfs {folder} && exec {sys.executable} \"$@\""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", command, "sh", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_disk_full_before_tensorboards_writer_is_one_line_naming_the_file(tmp_path, tiny_data):
+    """8 KiB: config.yaml and run.json fit, TensorBoard's first event does not."""
+    disk = tmp_path / "disk"
+    result = run_on_a_small_disk(disk, "8k", ["-m", "trainers.train", "--config", config_file(tmp_path, tiny_data),
+                                              "--set", f"work_dir={disk / 'run'}"])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"error: cannot write {re.escape(str(disk / 'run' / 'logs' / 'train'))}/events\.out\.tfevents\.\S+: "
+        rf"\[Errno {errno.ENOSPC}\] No space left on device", lines[0]), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_no_partial_folder(tmp_path, tiny_data):
+    assert main(["--config", config_file(tmp_path, tiny_data), "--set", "train.epochs=1"]) == 0
+    disk = tmp_path / "disk"
+    out = disk / "models" / "1"
+    result = run_on_a_small_disk(disk, "64k", ["-m", "tools.export", "--work_dir", str(tmp_path / "run"),
+                                               "--out", str(out)])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == [
+        f"error: --out {out}: cannot write: [Errno {errno.ENOSPC}] No space left on device"], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_tensorflow_error_about_a_file_becomes_its_os_error():
+    import tensorflow as tf
+
+    from tfface.errors import file_error
+
+    full = file_error(tf.errors.ResourceExhaustedError(None, None, "/d/x.pb.tmp1; No space left on device\n\tmore"))
+    assert (full.errno, full.strerror, full.filename) == (errno.ENOSPC, "No space left on device", "/d/x.pb.tmp1")
+    assert file_error(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")) is None

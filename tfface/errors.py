@@ -1,7 +1,11 @@
-"""The error type for bad user input (config keys, names, paths); the CLIs print it as one line."""
+"""The error type for bad user input (config keys, names, paths), which the CLIs print as one line; checks of output
+folders; the OSError behind a TensorFlow error about a file."""
+import errno
 import os
+import re
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 
 class ConfigError(ValueError):
@@ -43,3 +47,19 @@ def check_writable_folder(folder, flag: str) -> None:
             os.fsync(probe.fileno())
     except OSError as error:
         raise ConfigError(f"{flag} {folder}: cannot write there: [Errno {error.errno}] {error.strerror}") from None
+
+
+# what a disk refuses: TensorFlow reports these as ResourceExhaustedError, PermissionDeniedError, ... '<path>; <strerror>'
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO)
+
+
+def file_error(error: Exception) -> Optional[OSError]:
+    """The OSError (errno, strerror, the path when the message names one) that a TensorFlow error raised by a file
+    write or read stands for, such as CreateSummaryFileWriter or SaveV2 on a full disk; None for any other error."""
+    message = str(error)
+    for number in _WRITE_ERRNOS:
+        strerror = os.strerror(number)
+        if strerror in message:
+            path = re.search(rf"(\S+); {re.escape(strerror)}", message)
+            return OSError(number, strerror, path.group(1)) if path else OSError(number, strerror)
+    return None

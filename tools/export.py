@@ -18,9 +18,11 @@ from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf  # noqa: E402
+
 from tfface import cli  # noqa: E402
 from tfface.deploy import FILE_FORMATS, QUANTIZE_MODES, ParityError, export_file  # noqa: E402
-from tfface.errors import ConfigError, check_output_folder  # noqa: E402
+from tfface.errors import ConfigError, check_output_folder, file_error  # noqa: E402
 from tfface.evaluation import read_pairs_csv  # noqa: E402
 from tfface.export import export_run, load_exported  # noqa: E402
 
@@ -76,6 +78,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     except OSError as error:
         print(f"error: --out {args.out}: cannot write: {error}", file=sys.stderr)
+        return 2
+    except tf.errors.OpError as error:  # SaveV2 or the graph's write on a full disk
+        failure = file_error(error)
+        if failure is None:
+            raise
+        print(f"error: --out {args.out}: cannot write: [Errno {failure.errno}] {failure.strerror}", file=sys.stderr)
         return 2
     return 0
 
