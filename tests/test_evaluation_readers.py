@@ -296,3 +296,26 @@ def test_lfw_names_outside_the_image_folder_are_refused(tmp_path):
     pairs_path.write_text("../secret 1 2\n")
     with pytest.raises(ValueError, match=r"line 1: name '../secret' is not a folder name"):
         read_lfw_pairs(pairs_path, images, check_files=False)
+
+
+@pytest.mark.parametrize("opcode, size_bytes, length", [
+    (b"\x8e", 8, 2 ** 40),  # BINBYTES8 (protocol 4): a 1 TiB string in a 21-byte file
+    (b"\x8d", 8, 2 ** 62),  # BINUNICODE8
+    (b"B", 4, 2 ** 31),  # BINBYTES (protocol 3): 2 GiB
+    (b"\x95", 8, 2 ** 30),  # FRAME (protocol 4): a 1 GiB frame
+])
+def test_load_bin_bounds_every_declared_length_by_the_file_size(tmp_path, opcode, size_bytes, length):
+    """Issue 28 item 5: a .bin declaring a 2^40-byte string was a MemoryError traceback (a 2^31 one allocated 2 GB);
+    every length the pickle declares is checked against the bytes after it (each file: protocol header, opcode, length)."""
+    import tracemalloc
+
+    path = tmp_path / "liar.bin"
+    path.write_bytes(b"\x80\x04" + opcode + length.to_bytes(size_bytes, "little") + b"x" * (18 - size_bytes))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"liar.bin is not an insightface .bin pickle: ") as caught:
+            load_bin(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(caught.value) and peak < 1 << 20
