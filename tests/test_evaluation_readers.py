@@ -306,7 +306,7 @@ def test_lfw_names_outside_the_image_folder_are_refused(tmp_path):
 ])
 def test_load_bin_bounds_every_declared_length_by_the_file_size(tmp_path, opcode, size_bytes, length):
     """Issue 28 item 5: a .bin declaring a 2^40-byte string was a MemoryError traceback (a 2^31 one allocated 2 GB);
-    every length the pickle declares is checked against the bytes after it (each file: protocol header, opcode, length)."""
+    each length the pickle declares is checked against the bytes after it (file: header, opcode, length)."""
     import tracemalloc
 
     path = tmp_path / "liar.bin"
