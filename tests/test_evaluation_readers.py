@@ -212,7 +212,7 @@ def test_real_orl_faces_through_csv_reader_and_evaluate_pairs(shared_data, tmp_p
         ("cfp_split", "1,2\n1,2,3\n", r"FF/01/same.txt, line 2: expected 'i,j', got '1,2,3'"),
         ("csv", "path1,path2,issame,fold\na.png,b.png,1,0\na.png,b.png,1\n",
          r"pairs.csv, line 3: expected 4 fields like the first row, got 3"),
-        ("csv", "path1,path2,issame,fold\na.png,b.png,1,first\n", r"pairs.csv, line 2: fold must be a non-negative"),
+        ("csv", "path1,path2,issame,fold\na.png,b.png,1,first\n", r"pairs.csv, line 2: fold must be an integer >= 0"),
         ("csv", "path1,path2,same\na.png,b.png,1\n", r"pairs.csv, line 1: header must be 'path1,path2,issame"),
         ("csv", "a.png,b.png\n", r"pairs.csv, line 1: expected 'path1,path2,issame\[,fold\]'"),
     ],
@@ -319,3 +319,27 @@ def test_load_bin_bounds_every_declared_length_by_the_file_size(tmp_path, opcode
     finally:
         tracemalloc.stop()
     assert "\n" not in str(caught.value) and peak < 1 << 20
+
+
+def test_pairs_csv_edges_a_hostile_file_finds(tmp_path, capsys):
+    """Issue 28 item 7: a fold of 10^30 was an OverflowError traceback; Excel's BOM made the header a bad issame;
+    a file listing every pair twice passed without a word."""
+    write_image(tmp_path / "a.png", 1)
+    write_image(tmp_path / "b.png", 2)
+    write_image(tmp_path / "c.png", 3)
+    csv_path = tmp_path / "pairs.csv"
+    for fold in ("1" + "0" * 30, "10000", "١", "9" * 5000):  # the third: an Arabic-Indic one, a digit to isdigit()
+        csv_path.write_text(f"path1,path2,issame,fold\na.png,b.png,1,0\na.png,c.png,0,{fold}\n")
+        with pytest.raises(ValueError) as raised:
+            read_pairs_csv(csv_path)
+        assert str(raised.value).startswith(f"{csv_path}, line 3: fold must be an integer >= 0 and < 10000, got '")
+        assert len(str(raised.value)) < 300
+    csv_path.write_bytes("path1,path2,issame,fold\r\na.png,b.png,1,0\r\na.png,c.png,0,1\r\n".encode("utf-8-sig"))
+    pairs = read_pairs_csv(csv_path)
+    assert list(pairs.issame) == [True, False] and list(pairs.folds) == [0, 1]
+    assert capsys.readouterr().err == ""
+    csv_path.write_text("a.png,b.png,1\na.png,c.png,0\nb.png,a.png,1\na.png,c.png,0\n")
+    pairs = read_pairs_csv(csv_path)
+    assert len(pairs.issame) == 4
+    assert capsys.readouterr().err == (f"warning: {csv_path}: 2 pair(s) listed more than once (first: line 3 "
+                                       "repeats line 1); each copy counts\n")
