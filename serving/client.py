@@ -27,6 +27,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from tqdm import tqdm  # noqa: E402
 
 from tfface import atomic, cli  # noqa: E402
+from tfface.data.image_io import UnreadableImageError, open_image  # noqa: E402
 from tfface.errors import check_output_folder  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp")
@@ -107,13 +108,13 @@ class InputSpec:
 def read_image(path: Path, size: Tuple[int, int]) -> np.ndarray:
     """An image file as uint8 RGB [height, width, 3], resized bilinearly to `size` (height, width) if needed."""
     try:
-        with Image.open(path) as image:
+        with open_image(path, path) as image:
             image = image.convert("RGB")
             if image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
-    except OSError as error:
-        raise ValueError(f"cannot read image {path}: {error}") from None
+    except UnreadableImageError as error:
+        raise ValueError(f"cannot read image {path}: {error.reason}") from None
 
 
 def predict(stub, spec: InputSpec, model: str, images: np.ndarray, signature: str = "serving_default",

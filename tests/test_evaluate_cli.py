@@ -514,3 +514,19 @@ def test_a_rerun_failing_its_argument_checks_leaves_no_earlier_report(tmp_path, 
     except SystemExit as stop:  # argparse's own type check
         assert stop.code == 2
     assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_decompression_bomb_among_the_images_is_one_line(tmp_path, tfface_model, capsys):
+    """Issue 28 item 8: an image whose header declares 20000 x 20000 pixels was a DecompressionBombError traceback."""
+    from test_evaluation_readers import png_declaring
+
+    save_png(tmp_path / "a.png", face(0, 0))
+    (tmp_path / "bomb.png").write_bytes(png_declaring(20000, 20000))
+    (tmp_path / "pairs.csv").write_text("a.png,bomb.png,1\na.png,a.png,1\n")
+    code, _, err = run_main(["--model", tfface_model[0], "--benchmark", f"x={tmp_path / 'pairs.csv'}",
+                             "--out", tmp_path / "report"], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and lines == [f"error: benchmark x: cannot decode image {tmp_path / 'bomb.png'}: too large: "
+                                   "Image size (400000000 pixels) exceeds limit of 178956970 pixels, could be "
+                                   "decompression bomb DOS attack."], err
+    assert "Traceback" not in err

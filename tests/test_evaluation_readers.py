@@ -1,6 +1,7 @@
 """Benchmark readers on tiny files of each published layout, built here (the real benchmarks are not shipped)."""
 import io
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -343,3 +344,42 @@ def test_pairs_csv_edges_a_hostile_file_finds(tmp_path, capsys):
     assert len(pairs.issame) == 4
     assert capsys.readouterr().err == (f"warning: {csv_path}: 2 pair(s) listed more than once (first: line 3 "
                                        "repeats line 1); each copy counts\n")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG (spec: signature, IHDR chunk = length, type, 13 bytes of data, CRC-32 of type + data; then IDAT, IEND)
+    whose header declares width x height 8-bit greyscale pixels; its one IDAT holds a single deflated row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+            + chunk(b"IEND", b""))
+
+
+def test_an_image_declaring_20000_by_20000_pixels_is_one_line_in_every_reader(tmp_path):
+    """Issue 28 item 8: PIL's DecompressionBombError was a traceback wherever an image was read but in tools.align;
+    every reader opens images through tfface.data.image_io.open_image, which refuses it in one line."""
+    from PIL import Image
+
+    from tfface.data.image_io import read_rgb
+    from tfface.data.schema import make_example
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(20000, 20000))
+    with pytest.raises(Image.DecompressionBombError):  # the file is what it claims for PIL: the fault is real
+        Image.open(bomb)
+    (tmp_path / "set.bin").write_bytes(pickle.dumps(([bomb.read_bytes(), bomb.read_bytes()], [True]), protocol=4))
+    for read, name in ((lambda: load_images([str(bomb)]), str(bomb)), (lambda: read_rgb(bomb), str(bomb)),
+                       (lambda: load_bin(tmp_path / "set.bin"), f"{tmp_path / 'set.bin'}, image 0"),
+                       (lambda: make_example(bomb.read_bytes(), 0, image_format="png"), "image bytes are not a readable image")):
+        with pytest.raises(ValueError) as raised:
+            read()
+        assert re.search(rf"{re.escape(name)}: too large: Image size \(400000000 pixels\) exceeds limit",
+                         str(raised.value)) and "\n" not in str(raised.value), str(raised.value)
+    small = tmp_path / "small.png"
+    small.write_bytes(png_declaring(300, 200))
+    assert load_images([str(small)]).shape == (1, 200, 300, 3)

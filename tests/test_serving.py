@@ -582,3 +582,20 @@ def test_server_cli_refuses_a_missing_base_path_and_a_busy_port(server, base_pat
     assert f"error: model 'tiny': base path not found: {tmp_path / 'none'}" in capsys.readouterr().err
     assert server_main(["--model_name", "tiny", "--model_base_path", str(base_path), "--port", str(server.port)]) == 2
     assert f"error: cannot listen on 127.0.0.1:{server.port}" in capsys.readouterr().err
+
+
+def test_client_refuses_a_decompression_bomb_in_one_line(server, tmp_path, capsys):
+    """Issue 28 item 8: an image whose header declares 20000 x 20000 pixels was a DecompressionBombError traceback."""
+    from test_evaluation_readers import png_declaring
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    Image.fromarray(uint8_images(1, seed=1)[0]).save(folder / "plain.png")
+    (folder / "bomb.png").write_bytes(png_declaring(20000, 20000))
+    out = tmp_path / "out" / "emb.npy"
+    code = client_main(["--target", f"127.0.0.1:{server.port}", "--model", "tiny", "--out", str(out), str(folder)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(
+        f"error: cannot read image {folder / 'bomb.png'}: too large: Image size (400000000 pixels)"), err
+    assert "Traceback" not in err and not out.exists()
