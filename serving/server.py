@@ -49,7 +49,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from tfface import cli  # noqa: E402
-from serving.errors import ServingError  # noqa: E402
+from serving.errors import ServingError, echoed  # noqa: E402
 from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
 from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
 
@@ -59,6 +59,8 @@ MEGABYTE = 1 << 20
 # Calls other than Predict (metadata, status) get these threads beyond the Predict slots and queue, so they answer
 # while Predict is full.
 CONTROL_THREADS = 4
+MAX_PORT = 65535
+MAX_MESSAGE_MB = 2047  # gRPC's message size limits are C ints: under 2^31 bytes
 
 
 def _log_reference(message: str, *args) -> str:
@@ -148,7 +150,7 @@ class Models:
         if model_spec.name not in self.by_name:
             raise ServingError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown model '{model_spec.name}'; serving: {', '.join(sorted(self.by_name))}",
+                f"unknown model '{echoed(model_spec.name)}'; serving: {', '.join(sorted(self.by_name))}",
             )
         return self.by_name[model_spec.name]
 
@@ -196,7 +198,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         unsupported = sorted(set(request.metadata_field) - {"signature_def"})
         if unsupported:
             raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"metadata field(s) {unsupported} not supported; only 'signature_def'"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"metadata field(s) {echoed(unsupported)} not supported; only 'signature_def'",
             )
         loaded = self.models.version_for(request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -240,10 +243,14 @@ class ModelServer:
     ):
         if not models:
             raise ValueError("no model to serve")
-        for name, value in (("max_concurrent", max_concurrent), ("max_batch_size", max_batch_size),
-                            ("max_message_mb", max_message_mb)):
+        if not 0 <= int(port) <= MAX_PORT:
+            raise ValueError(f"port must be in [0, {MAX_PORT}] (0: any free port), got {port}")
+        for name, value, most in (("max_concurrent", max_concurrent, None), ("max_batch_size", max_batch_size, None),
+                                  ("max_message_mb", max_message_mb, MAX_MESSAGE_MB)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
+            if most is not None and int(value) > most:
+                raise ValueError(f"{name} must be at most {most} (gRPC's messages are under 2 GiB), got {value}")
         if int(max_queue) < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         for name, value in (("queue_timeout", queue_timeout), ("poll_seconds", poll_seconds)):
@@ -329,6 +336,8 @@ def read_model_config(path: str) -> Dict[str, str]:
             raise ValueError(f"{path}: model '{entry.name}': model_platform must be 'tensorflow'")
         if not entry.name or not entry.base_path:
             raise ValueError(f"{path}: every model needs a name and a base_path")
+        if entry.name in models:  # tensorflow_model_server refuses it too
+            raise ValueError(f"{path}: model '{entry.name}' is configured more than once")
         models[entry.name] = entry.base_path
     if not models:
         raise ValueError(f"{path}: no model in model_config_list")

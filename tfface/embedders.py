@@ -17,7 +17,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -271,14 +271,21 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def model_versions(base_path) -> Dict[int, Path]:
+MAX_VERSION = 2 ** 63 - 1  # versions are int64 in TF Serving's protos
+
+
+def model_versions(base_path, ignored: Optional[Callable[[Path], None]] = None) -> Dict[int, Path]:
     """The complete versions under a TF Serving model base path: {version: folder} for every sub-folder named by a
-    non-negative integer that holds a saved_model.pb (hidden partial exports are not numbers, so never listed)."""
+    non-negative integer (ASCII digits, at most MAX_VERSION) that holds a saved_model.pb (hidden partial exports are
+    not numbers, so never listed). A folder whose number is larger is passed to `ignored` when given."""
     base_path = Path(base_path)
     versions = {}
     for child in base_path.iterdir():
-        if child.name.isdigit() and (child / "saved_model.pb").is_file():
-            versions[int(child.name)] = child
+        if child.name.isascii() and child.name.isdigit() and (child / "saved_model.pb").is_file():
+            if int(child.name) <= MAX_VERSION:
+                versions[int(child.name)] = child
+            elif ignored is not None:
+                ignored(child)
     return versions
 
 
