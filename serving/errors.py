@@ -2,6 +2,8 @@
 message echoes of the client's input."""
 import grpc
 
+from tfface.errors import cut
+
 # characters of a status message: gRPC sends it in a response header (8 KiB of headers by default; past that the
 # client gets RESOURCE_EXHAUSTED "Stream removed" instead of the status)
 MAX_MESSAGE = 1024
@@ -10,8 +12,7 @@ ECHO_LIMIT = 80  # characters of one echoed client value (a name, a shape, a lis
 
 def echoed(value, limit: int = ECHO_LIMIT) -> str:
     """str(value) cut to `limit` characters, with a count of the rest: client input inside an error message."""
-    text = str(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return cut(str(value), limit)
 
 
 class ServingError(Exception):

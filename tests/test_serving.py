@@ -657,7 +657,7 @@ def test_a_model_configured_twice_is_refused(tmp_path):
     ("--port", "99999", "port must be in [0, 65535] (0: any free port), got 99999"),
     ("--port", "-1", "port must be in [0, 65535] (0: any free port), got -1"),
     ("--max_message_mb", "100000", "max_message_mb must be at most 2047 (gRPC's messages are under 2 GiB), got 100000"),
-])
+], ids=["port_99999", "port_minus_1", "max_message_mb_100000"])
 def test_server_cli_range_checks_port_and_message_size(base_path, capsys, flag, value, message):
     """Issue 28 item 13: --port 99999 bound port 34463 (99999 mod 65536); --max_message_mb 100000 was an
     OverflowError traceback."""

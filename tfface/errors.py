@@ -12,16 +12,19 @@ class ConfigError(ValueError):
     """A problem in what the user gave (a config key, a name, a path); the message names it."""
 
 
+def cut(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters with a count of the rest: user input inside a message has a bound."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def shown(value, limit: int = 80) -> str:
-    """`repr(value)` for an error message, cut to `limit` characters with a count of the rest, so a message never
-    echoes unbounded user input (an integer of any size included: Python refuses to print one of > 4300 digits)."""
+    """`repr(value)` for an error message, cut to `limit` characters (an integer of any size included: Python
+    refuses to print one of more than 4300 digits)."""
     try:
         text = repr(value)
     except ValueError:  # an int too large to print
         text = f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return cut(text, limit)
 
 
 def check_output_folder(folder, flag: str, given=None) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import yaml
 
 from tfface import atomic
-from tfface.errors import ConfigError, shown
+from tfface.errors import ConfigError, cut, shown
 
 from tfface.training import fields as check
 from tfface.training.precision import PRECISIONS
@@ -178,7 +178,7 @@ def load_yaml(stream) -> Any:
 
 def yaml_problem(error: Exception) -> str:
     """A YAML parser error on one line: what is wrong and where (line and column, counted from 1)."""
-    problem = getattr(error, "problem", None) or shown(" ".join(str(error).split()), 200).strip("'")
+    problem = cut(getattr(error, "problem", None) or " ".join(str(error).split()), 200)
     mark = getattr(error, "problem_mark", None)
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
