@@ -1,7 +1,7 @@
 """Typed config fields: a default and a check per field. A check takes (key, value) and returns the value in its
 type, or raises a ConfigError naming the key, the value and what is allowed:
 
-    train.epochs: 'ten' is not allowed (expected an integer >= 1)
+    train.epochs: 'ten' is not allowed (expected an integer >= 1 and <= 100000)
 """
 import copy
 import dataclasses
