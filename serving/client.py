@@ -26,13 +26,12 @@ cli.quiet_tensorflow()  # before TensorFlow's first import
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
 from tensorflow.core.framework import types_pb2  # noqa: E402
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from tfface import atomic  # noqa: E402
-from tfface.data.image_io import UnreadableImageError  # noqa: E402
+from tfface.data.image_io import UnreadableImageError, open_image  # noqa: E402
 from tfface.errors import check_output_folder  # noqa: E402
 from tfface.faces import FaceAligner  # noqa: E402
 
@@ -115,12 +114,14 @@ def read_image(path: Path, size: Tuple[int, int], header_only: bool = False) -> 
     """An image file of `size` (height, width) as uint8 RGB [height, width, 3] (with `header_only`, only its size
     is checked and None returned); another size is refused (ValueError naming the file and `--align`)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path, path) as image:
             if image.size != (size[1], size[0]):
                 raise ValueError(f"{path} is {image.size[0]} x {image.size[1]} pixels but the model takes "
                                  f"{size[1]} x {size[0]} (w x h): give --align to detect and align its face, or "
                                  f"crops of that size")
             return None if header_only else np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except UnreadableImageError as error:
+        raise ValueError(f"cannot read image {path}: {error.reason}") from None
     except OSError as error:
         raise ValueError(f"cannot read image {path}: {error}") from None
 

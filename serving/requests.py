@@ -15,7 +15,9 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import model_pb2
 
-from serving.errors import ServingError
+from serving.errors import ServingError, echoed
+
+MAX_RANK = 32  # dims a request tensor may list (TensorFlow's own limit is 254; an image batch has 4)
 
 # The TensorProto field that holds each dtype's values when tensor_content is empty.
 VALUE_FIELDS = {
@@ -34,7 +36,7 @@ def _invalid(message: str) -> ServingError:
 def requested_version(model_spec: model_pb2.ModelSpec) -> Optional[int]:
     """The version a ModelSpec asks for, None for 'the served one'; labels are not configured here (NOT_FOUND)."""
     if model_spec.WhichOneof("version_choice") == "version_label":
-        raise ServingError(grpc.StatusCode.NOT_FOUND, f"unknown version label '{model_spec.version_label}'")
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"unknown version label '{echoed(model_spec.version_label)}'")
     if model_spec.HasField("version"):
         return model_spec.version.value
     return None
@@ -47,22 +49,28 @@ def _dims(tensor_info: meta_graph_pb2.TensorInfo) -> Optional[Sequence[int]]:
 
 
 def _dtype_name(dtype: int) -> str:
-    return types_pb2.DataType.Name(dtype)
+    """DT_FLOAT, ...; a number no DataType has (a client may send any enum value) is named as such."""
+    try:
+        return types_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"unknown dtype {dtype}"
 
 
 def _checked_header(key: str, proto: tensor_pb2.TensorProto, expected: meta_graph_pb2.TensorInfo) -> List[int]:
     """The request tensor's dims after checking its dtype, and its dims against the signature's."""
+    if len(proto.tensor_shape.dim) > MAX_RANK:
+        raise _invalid(f"input '{key}' has {len(proto.tensor_shape.dim)} dims; at most {MAX_RANK} are accepted")
     if proto.dtype != expected.dtype:
         raise _invalid(f"input '{key}' must be {_dtype_name(expected.dtype)}, got {_dtype_name(proto.dtype)}")
     if proto.tensor_shape.unknown_rank:
         raise _invalid(f"input '{key}' has an unknown rank; give its dims")
     shape = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in shape):
-        raise _invalid(f"input '{key}' has a negative dimension: {shape}")
+        raise _invalid(f"input '{key}' has a negative dimension: {echoed(shape)}")
     dims = _dims(expected)
     if dims is not None and (len(shape) != len(dims) or any(size not in (-1, got) for size, got in zip(dims, shape))):
         expected_shape = "[" + ", ".join("N" if size == -1 else str(size) for size in dims) + "]"
-        raise _invalid(f"input '{key}' must have shape {expected_shape}, got {shape}")
+        raise _invalid(f"input '{key}' must have shape {expected_shape}, got {echoed(shape)}")
     return shape
 
 
@@ -114,7 +122,8 @@ def checked_inputs(
     extra = sorted(set(inputs) - set(signature.inputs))
     if missing or extra:
         raise _invalid(
-            f"inputs must be exactly {sorted(signature.inputs)}; missing {missing}, unexpected {extra}"
+            f"inputs must be exactly {sorted(signature.inputs)}; missing {missing}, unexpected "
+            f"{echoed(extra) if len(extra) <= 8 else f'{len(extra)} keys, first {echoed(extra[:3])}'}"
         )
     keys = sorted(signature.inputs)
     shapes = {key: _checked_header(key, inputs[key], signature.inputs[key]) for key in keys}
@@ -142,5 +151,6 @@ def checked_output_filter(signature: meta_graph_pb2.SignatureDef, output_filter:
     """The output keys to return: all of the signature's when the filter is empty, else the filter (each known)."""
     unknown = sorted(set(output_filter) - set(signature.outputs))
     if unknown:
-        raise _invalid(f"output_filter names unknown output(s) {unknown}; available: {sorted(signature.outputs)}")
+        raise _invalid(f"output_filter names unknown output(s) {echoed(unknown)}; available: "
+                       f"{sorted(signature.outputs)}")
     return list(output_filter) or sorted(signature.outputs)

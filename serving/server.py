@@ -59,7 +59,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 from serving.batching import Batcher, BatchingParameters, batchable, read_batching_parameters  # noqa: E402
-from serving.errors import ServingError  # noqa: E402
+from serving.errors import ServingError, echoed  # noqa: E402
 from serving.requests import checked_inputs, checked_output_filter, requested_version  # noqa: E402
 from serving.tflite_pool import version_loader  # noqa: E402
 from serving.versions import LoadedVersion, ModelVersions  # noqa: E402
@@ -72,6 +72,8 @@ MEGABYTE = 1 << 20
 CONTROL_THREADS = 4
 # The most threads batching parameters may ask for (one per call the batcher can hold); more is refused with a line.
 MAX_BATCHING_THREADS = 4096
+MAX_PORT = 65535
+MAX_MESSAGE_MB = 2047  # gRPC's message size limits are C ints: under 2^31 bytes
 
 
 def _log_reference(message: str, *args) -> str:
@@ -174,7 +176,7 @@ class Models:
         if model_spec.name not in self.by_name:
             raise ServingError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown model '{model_spec.name}'; serving: {', '.join(sorted(self.by_name))}",
+                f"unknown model '{echoed(model_spec.name)}'; serving: {', '.join(sorted(self.by_name))}",
             )
         return self.by_name[model_spec.name]
 
@@ -225,7 +227,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         unsupported = sorted(set(request.metadata_field) - {"signature_def"})
         if unsupported:
             raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"metadata field(s) {unsupported} not supported; only 'signature_def'"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"metadata field(s) {echoed(unsupported)} not supported; only 'signature_def'",
             )
         loaded = self.models.version_for(request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -270,11 +273,16 @@ class ModelServer:
     ):
         if not models:
             raise ValueError("no model to serve")
-        for name, value in (("max_concurrent", max_concurrent), ("max_batch_size", max_batch_size),
-                            ("max_message_mb", max_message_mb), ("num_tflite_pools", num_tflite_pools),
-                            ("num_tflite_interpreters_per_pool", num_tflite_interpreters_per_pool)):
+        if not 0 <= int(port) <= MAX_PORT:
+            raise ValueError(f"port must be in [0, {MAX_PORT}] (0: any free port), got {port}")
+        for name, value, most in (("max_concurrent", max_concurrent, None), ("max_batch_size", max_batch_size, None),
+                                  ("max_message_mb", max_message_mb, MAX_MESSAGE_MB),
+                                  ("num_tflite_pools", num_tflite_pools, None),
+                                  ("num_tflite_interpreters_per_pool", num_tflite_interpreters_per_pool, None)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
+            if most is not None and int(value) > most:
+                raise ValueError(f"{name} must be at most {most} (gRPC's messages are under 2 GiB), got {value}")
         if int(max_queue) < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         for name, value in (("queue_timeout", queue_timeout), ("poll_seconds", poll_seconds)):
@@ -375,6 +383,8 @@ def read_model_config(path: str) -> Dict[str, str]:
             raise ValueError(f"{path}: model '{entry.name}': model_platform must be 'tensorflow'")
         if not entry.name or not entry.base_path:
             raise ValueError(f"{path}: every model needs a name and a base_path")
+        if entry.name in models:  # tensorflow_model_server refuses it too
+            raise ValueError(f"{path}: model '{entry.name}' is configured more than once")
         models[entry.name] = entry.base_path
     if not models:
         raise ValueError(f"{path}: no model in model_config_list")

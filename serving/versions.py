@@ -23,8 +23,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 
-from serving.errors import ServingError
-from tfface.embedders import model_versions
+from serving.errors import ServingError, echoed
+from tfface.embedders import MAX_VERSION, model_versions
 
 State = get_model_status_pb2.ModelVersionStatus.State
 LOG = logging.getLogger("serving")
@@ -73,7 +73,7 @@ class LoadedVersion:
         if name not in self.signature_defs:
             raise ServingError(
                 grpc.StatusCode.NOT_FOUND,
-                f"signature '{name}' not found in version {self.version}; "
+                f"signature '{echoed(name)}' not found in version {self.version}; "
                 f"available: {', '.join(sorted(self.signature_defs))}",
             )
         return self.signature_defs[name]
@@ -121,12 +121,13 @@ class ModelVersions:
         self._statuses: Dict[int, VersionStatus] = {}
         self._failed_files: Dict[int, Tuple] = {}  # failed version -> its folder_fingerprint when it failed
         self._lock = threading.Lock()  # guards _served and _statuses; loading happens outside it
+        self._ignored: set = set()  # version folders already warned of
         self._poll_lock = threading.Lock()  # one poll at a time
 
     def poll(self) -> None:
         """Looks at the base path once and serves its newest loadable version (see the module docstring)."""
         with self._poll_lock:
-            on_disk = model_versions(self.base_path) if self.base_path.is_dir() else {}
+            on_disk = model_versions(self.base_path, self._ignore) if self.base_path.is_dir() else {}
             failed = {
                 version for version, files in self._failed_files.items()
                 if version in on_disk and folder_fingerprint(on_disk[version]) == files
@@ -138,6 +139,13 @@ class ModelVersions:
                     return
             if served is not None:
                 self._swap(None)
+
+    def _ignore(self, folder: Path) -> None:
+        """Warns once of a version folder whose number is beyond int64 (it is never loaded)."""
+        if folder.name not in self._ignored:
+            self._ignored.add(folder.name)
+            LOG.warning("model '%s': ignoring version folder %s: its number is larger than %d (versions are int64)",
+                        self.name, folder, MAX_VERSION)
 
     def _load(self, version: int, path: Path) -> bool:
         with self._lock:

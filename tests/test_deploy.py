@@ -239,3 +239,36 @@ def test_evaluate_gives_the_savedmodel_numbers_for_each_file(run_dir, exported, 
         for key in ("accuracy_mean", "auc", "eer"):
             assert reports[name]["benchmarks"]["faces"][key] == pytest.approx(
                 reports["savedmodel"]["benchmarks"]["faces"][key], abs=1e-6), (name, key)
+
+
+@pytest.mark.parametrize("key", [("tflite", None), ("onnx", None)])
+@pytest.mark.parametrize("fault, message", [
+    ("changed_bytes", "--model {path}: its bytes changed: sha256 {actual}, but {path}.json says {expected}"),
+    ("side_file_not_json", "--model {path}: its metadata {path}.json is not JSON: "),
+    ("side_file_not_an_object", "--model {path}: its metadata {path}.json is not a JSON object"),
+    ("sha256_not_hex", "--model {path}: its metadata {path}.json has a malformed sha256: 12345"),
+])
+def test_a_model_file_whose_bytes_or_side_file_lie_is_one_line_naming_it(exported, pairs_csv, tmp_path, capsys,
+                                                                         key, fault, message):
+    """Issue 28 item 6: a .tflite / .onnx whose bytes were changed was evaluated silently although FILE.json holds
+    their sha256; a malformed FILE.json was a traceback."""
+    import hashlib
+    import shutil
+
+    path = tmp_path / exported[key].name
+    shutil.copy(exported[key], path)
+    shutil.copy(metadata_path(exported[key]), metadata_path(path))
+    expected = json.loads(metadata_path(path).read_text())["sha256"]
+    if fault == "changed_bytes":
+        path.write_bytes(path.read_bytes() + b"\0" * 16)  # trailing bytes: still a loadable model
+    elif fault == "side_file_not_json":
+        metadata_path(path).write_text('{"sha256": ')
+    elif fault == "side_file_not_an_object":
+        metadata_path(path).write_text("[1, 2]")
+    else:
+        metadata_path(path).write_text('{"sha256": 12345}')
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    code = evaluate_main(["--model", str(path), "--benchmark", f"x={pairs_csv}", "--out", str(tmp_path / "report")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    wanted = "error: " + message.format(path=path, actual=actual, expected=expected)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(wanted), lines

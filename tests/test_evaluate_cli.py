@@ -489,3 +489,44 @@ def test_serving_target_gives_the_savedmodel_numbers(tmp_path, benchmarks, tffac
         expected = benchmarks[name][1]
         numbers = expected_numbers(lambda x: tfface_embed(backbone, x), expected, TFFACE_INPUT, flip="concat")
         assert_entry_matches(served["benchmarks"][name], numbers, expected)
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--benchmark", "lfw=/nonexistent/lfw.bin"],
+    ["--benchmark", "lfw={pairs}", "--folds", "0"],
+    ["--benchmark", "lfw={unknown}"],
+    ["--benchmark", "lfw={pairs}", "--folds", "ten"],
+], ids=["missing_benchmark_path", "folds_0", "unknown_benchmark_kind", "folds_not_a_number"])
+def test_a_rerun_failing_its_argument_checks_leaves_no_earlier_report(tmp_path, capsys, arguments):
+    """Issue 28 item 4: the earlier report.json / report.md / ROC plots go whichever check fails (other files stay)."""
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in ("report.json", "report.md", "roc_lfw.png", "notes.txt"):
+        (out / name).write_text("an earlier run's\n")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("path1,path2,issame\na.png,b.png,1\n")
+    unknown = tmp_path / "pairs.txt"
+    unknown.write_text("a b 1\n")
+    argv = ["--model", str(tmp_path / "model"), "--out", str(out)]
+    argv += [argument.format(pairs=pairs, unknown=unknown) for argument in arguments]
+    try:
+        assert main(argv) == 2
+    except SystemExit as stop:  # argparse's own type check
+        assert stop.code == 2
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_decompression_bomb_among_the_images_is_one_line(tmp_path, tfface_model, capsys):
+    """Issue 28 item 8: an image whose header declares 20000 x 20000 pixels was a DecompressionBombError traceback."""
+    from test_evaluation_readers import png_declaring
+
+    save_png(tmp_path / "a.png", face(0, 0))
+    (tmp_path / "bomb.png").write_bytes(png_declaring(20000, 20000))
+    (tmp_path / "pairs.csv").write_text("a.png,bomb.png,1\na.png,a.png,1\n")
+    code, _, err = run_main(["--model", tfface_model[0], "--benchmark", f"x={tmp_path / 'pairs.csv'}",
+                             "--out", tmp_path / "report"], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and lines == [f"error: benchmark x: cannot decode image {tmp_path / 'bomb.png'}: too large: "
+                                   "Image size (400000000 pixels) exceeds limit of 178956970 pixels, could be "
+                                   "decompression bomb DOS attack."], err
+    assert "Traceback" not in err

@@ -1,6 +1,7 @@
 """Benchmark readers on tiny files of each published layout, built here (the real benchmarks are not shipped)."""
 import io
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -212,7 +213,7 @@ def test_real_orl_faces_through_csv_reader_and_evaluate_pairs(shared_data, tmp_p
         ("cfp_split", "1,2\n1,2,3\n", r"FF/01/same.txt, line 2: expected 'i,j', got '1,2,3'"),
         ("csv", "path1,path2,issame,fold\na.png,b.png,1,0\na.png,b.png,1\n",
          r"pairs.csv, line 3: expected 4 fields like the first row, got 3"),
-        ("csv", "path1,path2,issame,fold\na.png,b.png,1,first\n", r"pairs.csv, line 2: fold must be a non-negative"),
+        ("csv", "path1,path2,issame,fold\na.png,b.png,1,first\n", r"pairs.csv, line 2: fold must be an integer >= 0"),
         ("csv", "path1,path2,same\na.png,b.png,1\n", r"pairs.csv, line 1: header must be 'path1,path2,issame"),
         ("csv", "a.png,b.png\n", r"pairs.csv, line 1: expected 'path1,path2,issame\[,fold\]'"),
     ],
@@ -296,3 +297,89 @@ def test_lfw_names_outside_the_image_folder_are_refused(tmp_path):
     pairs_path.write_text("../secret 1 2\n")
     with pytest.raises(ValueError, match=r"line 1: name '../secret' is not a folder name"):
         read_lfw_pairs(pairs_path, images, check_files=False)
+
+
+@pytest.mark.parametrize("opcode, size_bytes, length", [
+    (b"\x8e", 8, 2 ** 40),  # BINBYTES8 (protocol 4): a 1 TiB string in a 21-byte file
+    (b"\x8d", 8, 2 ** 62),  # BINUNICODE8
+    (b"B", 4, 2 ** 31),  # BINBYTES (protocol 3): 2 GiB
+    (b"\x95", 8, 2 ** 30),  # FRAME (protocol 4): a 1 GiB frame
+])
+def test_load_bin_bounds_every_declared_length_by_the_file_size(tmp_path, opcode, size_bytes, length):
+    """Issue 28 item 5: a .bin declaring a 2^40-byte string was a MemoryError traceback (a 2^31 one allocated 2 GB);
+    each length the pickle declares is checked against the bytes after it (file: header, opcode, length)."""
+    import tracemalloc
+
+    path = tmp_path / "liar.bin"
+    path.write_bytes(b"\x80\x04" + opcode + length.to_bytes(size_bytes, "little") + b"x" * (18 - size_bytes))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"liar.bin is not an insightface .bin pickle: ") as caught:
+            load_bin(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(caught.value) and peak < 1 << 20
+
+
+def test_pairs_csv_edges_a_hostile_file_finds(tmp_path, capsys):
+    """Issue 28 item 7: a fold of 10^30 was an OverflowError traceback; Excel's BOM made the header a bad issame;
+    a file listing every pair twice passed without a word."""
+    write_image(tmp_path / "a.png", 1)
+    write_image(tmp_path / "b.png", 2)
+    write_image(tmp_path / "c.png", 3)
+    csv_path = tmp_path / "pairs.csv"
+    for fold in ("1" + "0" * 30, "10000", "١", "9" * 5000):  # the third: an Arabic-Indic one, a digit to isdigit()
+        csv_path.write_text(f"path1,path2,issame,fold\na.png,b.png,1,0\na.png,c.png,0,{fold}\n")
+        with pytest.raises(ValueError) as raised:
+            read_pairs_csv(csv_path)
+        assert str(raised.value).startswith(f"{csv_path}, line 3: fold must be an integer >= 0 and < 10000, got '")
+        assert len(str(raised.value)) < 300
+    csv_path.write_bytes("path1,path2,issame,fold\r\na.png,b.png,1,0\r\na.png,c.png,0,1\r\n".encode("utf-8-sig"))
+    pairs = read_pairs_csv(csv_path)
+    assert list(pairs.issame) == [True, False] and list(pairs.folds) == [0, 1]
+    assert capsys.readouterr().err == ""
+    csv_path.write_text("a.png,b.png,1\na.png,c.png,0\nb.png,a.png,1\na.png,c.png,0\n")
+    pairs = read_pairs_csv(csv_path)
+    assert len(pairs.issame) == 4
+    assert capsys.readouterr().err == (f"warning: {csv_path}: 2 pair(s) listed more than once (first: line 3 "
+                                       "repeats line 1); each copy counts\n")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG (spec: signature, IHDR chunk = length, type, 13 bytes of data, CRC-32 of type + data; then IDAT, IEND)
+    whose header declares width x height 8-bit greyscale pixels; its one IDAT holds a single deflated row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+            + chunk(b"IEND", b""))
+
+
+def test_an_image_declaring_20000_by_20000_pixels_is_one_line_in_every_reader(tmp_path):
+    """Issue 28 item 8: PIL's DecompressionBombError was a traceback wherever an image was read but in tools.align;
+    every reader opens images through tfface.data.image_io.open_image, which refuses it in one line."""
+    from PIL import Image
+
+    from tfface.data.image_io import read_rgb
+    from tfface.data.schema import make_example
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(20000, 20000))
+    with pytest.raises(Image.DecompressionBombError):  # the file is what it claims for PIL: the fault is real
+        Image.open(bomb)
+    (tmp_path / "set.bin").write_bytes(pickle.dumps(([bomb.read_bytes(), bomb.read_bytes()], [True]), protocol=4))
+    for read, name in ((lambda: load_images([str(bomb)]), str(bomb)), (lambda: read_rgb(bomb), str(bomb)),
+                       (lambda: load_bin(tmp_path / "set.bin"), f"{tmp_path / 'set.bin'}, image 0"),
+                       (lambda: make_example(bomb.read_bytes(), 0, image_format="png"), "image bytes are not a readable image")):
+        with pytest.raises(ValueError) as raised:
+            read()
+        assert re.search(rf"{re.escape(name)}: too large: Image size \(400000000 pixels\) exceeds limit",
+                         str(raised.value)) and "\n" not in str(raised.value), str(raised.value)
+    small = tmp_path / "small.png"
+    small.write_bytes(png_declaring(300, 200))
+    assert load_images([str(small)]).shape == (1, 200, 300, 3)

@@ -354,20 +354,25 @@ def test_on_bad_record_skip_trains_without_them_and_logs_the_count_per_epoch(tmp
 
 # ------------------------------------------------------------------------------------------------ 3. config values
 @pytest.mark.parametrize("override, message", [
-    ("train.epochs=ten", "train.epochs: 'ten' is not allowed (expected an integer >= 1)"),
-    ("train.epochs=0", "train.epochs: 0 is not allowed (expected an integer >= 1)"),
-    ("train.epochs=-2", "train.epochs: -2 is not allowed (expected an integer >= 1)"),
-    ("schedule.learning_rate=nan", "schedule.learning_rate: 'nan' is not allowed (expected a finite number > 0)"),
-    ("schedule.learning_rate=.nan", "schedule.learning_rate: nan is not allowed (expected a finite number > 0)"),
-    ("schedule.learning_rate=-0.1", "schedule.learning_rate: -0.1 is not allowed (expected a finite number > 0)"),
-    ("train.steps_per_epoch=-5", "train.steps_per_epoch: -5 is not allowed (expected an integer >= 1, or null)"),
-    ("train.batch_size=8.5", "train.batch_size: 8.5 is not allowed (expected an integer >= 1)"),
+    ("train.epochs=ten", "train.epochs: 'ten' is not allowed (expected an integer >= 1 and <= 100000)"),
+    ("train.epochs=0", "train.epochs: 0 is not allowed (expected an integer >= 1 and <= 100000)"),
+    ("train.epochs=-2", "train.epochs: -2 is not allowed (expected an integer >= 1 and <= 100000)"),
+    ("schedule.learning_rate=nan", "schedule.learning_rate: 'nan' is not allowed (expected a finite number > 0 "
+                                   "and <= 1e+06)"),
+    ("schedule.learning_rate=.nan", "schedule.learning_rate: nan is not allowed (expected a finite number > 0 "
+                                   "and <= 1e+06)"),
+    ("schedule.learning_rate=-0.1", "schedule.learning_rate: -0.1 is not allowed (expected a finite number > 0 "
+                                   "and <= 1e+06)"),
+    ("train.steps_per_epoch=-5", "train.steps_per_epoch: -5 is not allowed (expected an integer >= 1 and <= "
+                                "1000000000, or null)"),
+    ("train.batch_size=8.5", "train.batch_size: 8.5 is not allowed (expected an integer >= 1 and <= 1048576)"),
     ("optimizer.momentum=1.5", "optimizer.momentum: 1.5 is not allowed (expected a finite number >= 0 and < 1)"),
     ("data.flip=maybe", "data.flip: 'maybe' is not allowed (expected true or false)"),
     ("train.precision=fp8", "train.precision: 'fp8' is not allowed (expected one of float32, mixed_float16, "
                             "mixed_bfloat16)"),
     ("data.on_bad_record=ignore", "data.on_bad_record: 'ignore' is not allowed (expected one of error, skip)"),
-    ("train.stages=[{epochs: 0}]", "train.stages[0].epochs: 0 is not allowed (expected an integer >= 1)"),
+    ("train.stages=[{epochs: 0}]", "train.stages[0].epochs: 0 is not allowed (expected an integer >= 1 and <= "
+                                 "100000)"),
 ])
 def test_a_config_value_of_the_wrong_type_or_range_is_one_line_naming_key_value_and_allowed(
         tmp_path, tiny_data, capsys, override, message):

@@ -235,7 +235,29 @@ BAD_PREDICTS = {
     "too many values": (lambda: raw_request([1, 20, 16, 3], int_vals=[1] * 961), grpc.StatusCode.INVALID_ARGUMENT,
                         "961 values in int_val"),
     "no values": (lambda: raw_request([1, 20, 16, 3]), grpc.StatusCode.INVALID_ARGUMENT, "0 values in int_val"),
+    # Issue 28 items 10 and 11: an unknown dtype enum was INTERNAL; echoed input had no bound, so a large one made
+    # the status too big for gRPC's headers (the client saw RESOURCE_EXHAUSTED "Stream removed")
+    "unknown dtype enum": (lambda: raw_request([1, 20, 16, 3], int_vals=[7], dtype=999),
+                           grpc.StatusCode.INVALID_ARGUMENT, "input 'images' must be DT_UINT8, got unknown dtype 999"),
+    "100000 dims": (lambda: raw_request([1] * 100000), grpc.StatusCode.INVALID_ARGUMENT,
+                    "input 'images' has 100000 dims; at most 32 are accepted"),
+    "20000 input keys": (lambda: _with_keys(predict_request(uint8_images(1)), 20000), grpc.StatusCode.INVALID_ARGUMENT,
+                         "missing [], unexpected 20000 keys, first ['k00000', 'k00001', 'k00002']"),
+    "1 MB model name": (lambda: predict_request(uint8_images(1), model="m" * (1 << 20)), grpc.StatusCode.NOT_FOUND,
+                        "unknown model '" + "m" * 80 + f"... ({(1 << 20) - 80} more characters)'; serving: tiny"),
+    "1 MB signature name": (lambda: predict_request(uint8_images(1), signature="s" * (1 << 20)),
+                            grpc.StatusCode.NOT_FOUND, "signature '" + "s" * 80 + "... ("),
+    "1 MB version label": (lambda: _with_label(predict_request(uint8_images(1)), "v" * (1 << 20)),
+                           grpc.StatusCode.NOT_FOUND, "unknown version label '" + "v" * 80 + "... ("),
+    "22 dims": (lambda: raw_request([1, 20, 16] + [3] * 20, int_vals=[7]),
+                               grpc.StatusCode.INVALID_ARGUMENT, "must have shape [N, 20, 16, 3], got [1, 20, 16, 3, 3"),
 }
+
+
+def _with_keys(request, count):
+    for index in range(count):
+        request.inputs[f"k{index:05d}"].dtype = types_pb2.DT_UINT8
+    return request
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PREDICTS))
@@ -245,7 +267,7 @@ def test_bad_predict_gets_its_status_and_the_next_good_one_succeeds(server, case
     with pytest.raises(grpc.RpcError) as caught:
         prediction.Predict(make_request(), timeout=30)
     assert caught.value.code() == code
-    assert message in caught.value.details()
+    assert message in caught.value.details() and len(caught.value.details()) <= 1024
     good = prediction.Predict(predict_request(uint8_images(1)), timeout=30)
     assert tf.make_ndarray(good.outputs["embedding"]).shape == (1, EMBEDDING_SIZE)
 
@@ -586,3 +608,63 @@ def test_server_cli_refuses_a_missing_base_path_and_a_busy_port(server, base_pat
     assert f"error: model 'tiny': base path not found: {tmp_path / 'none'}" in capsys.readouterr().err
     assert server_main(["--model_name", "tiny", "--model_base_path", str(base_path), "--port", str(server.port)]) == 2
     assert f"error: cannot listen on 127.0.0.1:{server.port}" in capsys.readouterr().err
+
+
+def test_client_refuses_a_decompression_bomb_in_one_line(server, tmp_path, capsys):
+    """Issue 28 item 8: an image whose header declares 20000 x 20000 pixels was a DecompressionBombError traceback."""
+    from test_evaluation_readers import png_declaring
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    Image.fromarray(uint8_images(1, seed=1)[0]).save(folder / "plain.png")
+    (folder / "bomb.png").write_bytes(png_declaring(20000, 20000))
+    out = tmp_path / "out" / "emb.npy"
+    code = client_main(["--target", f"127.0.0.1:{server.port}", "--model", "tiny", "--out", str(out), str(folder)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(
+        f"error: cannot read image {folder / 'bomb.png'}: too large: Image size (400000000 pixels)"), err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_a_version_folder_beyond_int64_is_ignored_with_a_warning(runs, base_path, tmp_path, caplog):
+    """Issue 28 item 9: a folder 99999999999999999999999 was loaded, then every Predict and GetModelStatus answered
+    INTERNAL (its number does not fit the protos' int64), GetModelStatus even after the folder was removed."""
+    base = tmp_path / "tiny"
+    shutil.copytree(base_path / "1", base / "1")
+    shutil.copytree(base_path / "1", base / "99999999999999999999999")
+    shutil.copytree(base_path / "1", base / "\u0663")  # ARABIC-INDIC DIGIT THREE: a digit to str.isdigit()
+    images = uint8_images(2)
+    with caplog.at_level("WARNING", logger="serving"):
+        with ModelServer({"tiny": str(base)}, port=0, poll_seconds=0.1) as running:
+            prediction, model_service = stubs(running.port)
+            assert status_of(model_service) == {1: (State.AVAILABLE, "")}
+            assert prediction.Predict(predict_request(images), timeout=30).model_spec.version.value == 1
+            shutil.rmtree(base / "99999999999999999999999")
+            time.sleep(0.3)
+            assert status_of(model_service) == {1: (State.AVAILABLE, "")}
+    warnings = [record.getMessage() for record in caplog.records if "ignoring version folder" in record.getMessage()]
+    assert warnings == [f"model 'tiny': ignoring version folder {base / '99999999999999999999999'}: its number is "
+                        f"larger than {2 ** 63 - 1} (versions are int64)"]
+
+
+def test_a_model_configured_twice_is_refused(tmp_path):
+    """Issue 28 item 12: the last entry was served silently; tensorflow_model_server refuses such a config."""
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list {\n  config { name: "tiny" base_path: "/models/a" }\n'
+                      '  config { name: "tiny" base_path: "/models/b" }\n}\n')
+    with pytest.raises(ValueError, match=rf"^{config}: model 'tiny' is configured more than once$"):
+        read_model_config(str(config))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--port", "99999", "port must be in [0, 65535] (0: any free port), got 99999"),
+    ("--port", "-1", "port must be in [0, 65535] (0: any free port), got -1"),
+    ("--max_message_mb", "100000", "max_message_mb must be at most 2047 (gRPC's messages are under 2 GiB), got 100000"),
+], ids=["port_99999", "port_minus_1", "max_message_mb_100000"])
+def test_server_cli_range_checks_port_and_message_size(base_path, capsys, flag, value, message):
+    """Issue 28 item 13: --port 99999 bound port 34463 (99999 mod 65536); --max_message_mb 100000 was an
+    OverflowError traceback."""
+    argv = ["--model_name", "tiny", "--model_base_path", str(base_path), "--port", "0", flag, value]
+    assert server_main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]

@@ -4,9 +4,38 @@ created."""
 import io
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Callable
+
+
+# the temporary name write_with gives: .<name>.<pid>.<32 hex digits>.partial<suffix>
+PARTIAL_NAME = re.compile(r"\..+\.(\d+)\.[0-9a-f]{32}\.partial.*")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, owned by another user
+        return True
+    return True
+
+
+def remove_stale_partial_files(folder) -> list:
+    """Removes, everywhere under `folder`, the temporary files write_with leaves when its process is killed before
+    its rename (those of a running process other than this one stay); returns their paths."""
+    removed = []
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            match = PARTIAL_NAME.fullmatch(name)
+            if match and (int(match.group(1)) == os.getpid() or not _running(int(match.group(1)))):
+                path = os.path.join(parent, name)
+                os.remove(path)
+                removed.append(path)
+    return removed
 
 
 def write_with(path, write: Callable[[str], Any], suffix: str = "") -> None:

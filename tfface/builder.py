@@ -184,7 +184,8 @@ def _branch_optimizer(spec, key: str, precision: str) -> Optional[keras.optimize
     if not isinstance(optimizer_spec, dict):
         raise ConfigError(f"{key}.optimizer: {optimizer_spec!r} is not allowed (expected a mapping)")
     options = {"weight_decay": 0.0, **optimizer_spec}
-    learning_rate = check.number(0.0, low_open=True)(f"{key}.optimizer.learning_rate", options.pop("learning_rate", 1e-3))
+    learning_rate = check.number(0.0, check.MAX_LEARNING_RATE, low_open=True)(
+        f"{key}.optimizer.learning_rate", options.pop("learning_rate", 1e-3))
     unknown = set(options) - set(DEFAULTS["optimizer"])
     if unknown:
         raise ConfigError(f"{key}.optimizer: unknown key(s) {', '.join(sorted(unknown))}")

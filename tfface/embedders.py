@@ -12,15 +12,17 @@ metadata: `assets.extra/tfface_metadata.json` in a SavedModel, `FILE.json` besid
 
 `embed_batch` runs one batch as given (numpy or tf.Tensor, no checks): the fast path of an input pipeline.
 """
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from tfface.errors import ConfigError
+from tfface.errors import ConfigError, shown
 
 DEFAULT_SIGNATURE = "serving_default"
 NORMALIZED_SIGNATURE = "embed_normalized"
@@ -159,10 +161,32 @@ class SavedModelEmbedder(Embedder):
         return self._in_batches(lambda batch: self._run(NORMALIZED_SIGNATURE, batch), images, batch_size)
 
 
-def read_file_metadata(model_file: Path) -> Optional[Dict]:
-    """The JSON metadata beside a .tflite or .onnx file, or None when it has none."""
+def read_file_metadata(model_file: Path, label: str = "model") -> Optional[Dict]:
+    """The JSON metadata beside a .tflite or .onnx file, or None when it has none. When it holds a "sha256" (tfface's
+    exports do), the model file's bytes must have that digest. A malformed side file or a differing digest is a
+    ConfigError naming the file."""
     path = metadata_path(model_file)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        metadata = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{label} {model_file}: its metadata {path} is not JSON: {first_line(error)}") from None
+    if not isinstance(metadata, dict):
+        raise ConfigError(f"{label} {model_file}: its metadata {path} is not a JSON object")
+    expected = metadata.get("sha256")
+    if expected is None:
+        return metadata
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise ConfigError(f"{label} {model_file}: its metadata {path} has a malformed sha256: {shown(expected)}")
+    digest = hashlib.sha256()
+    with open(model_file, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ConfigError(f"{label} {model_file}: its bytes changed: sha256 {digest.hexdigest()}, but {path} says "
+                          f"{expected}")
+    return metadata
 
 
 class TFLiteEmbedder(Embedder):
@@ -175,6 +199,7 @@ class TFLiteEmbedder(Embedder):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
+        self.metadata = read_file_metadata(self.path, label)
         try:
             self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads or os.cpu_count())
         except (ValueError, RuntimeError) as error:
@@ -199,7 +224,6 @@ class TFLiteEmbedder(Embedder):
         self._flip_runner = (self._interpreter.get_signature_runner(FLIP_SIGNATURE)
                              if FLIP_SIGNATURE in signatures else None)
         self.signature = {"name": name, "input": self._input_key, "output": self._output_key}
-        self.metadata = read_file_metadata(self.path)
 
     def embed_batch(self, images) -> np.ndarray:
         return self._runner(**{self._input_key: np.asarray(images)})[self._output_key]
@@ -219,6 +243,7 @@ class OnnxEmbedder(Embedder):
         import onnxruntime
 
         self.path = Path(path)
+        self.metadata = read_file_metadata(self.path, label)
         try:
             self._session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types, not importable by name
@@ -237,7 +262,6 @@ class OnnxEmbedder(Embedder):
             f"{label} {self.path}: input '{inputs[0].name}'", dtype, sizes(inputs[0].shape), sizes(outputs[0].shape))
         self._input_key, self._output_key = inputs[0].name, outputs[0].name
         self.signature = {"input": self._input_key, "output": self._output_key}
-        self.metadata = read_file_metadata(self.path)
 
     def embed_batch(self, images) -> np.ndarray:
         return self._session.run([self._output_key], {self._input_key: np.asarray(images)})[0]
@@ -248,14 +272,21 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def model_versions(base_path) -> Dict[int, Path]:
+MAX_VERSION = 2 ** 63 - 1  # versions are int64 in TF Serving's protos
+
+
+def model_versions(base_path, ignored: Optional[Callable[[Path], None]] = None) -> Dict[int, Path]:
     """The complete versions under a TF Serving model base path: {version: folder} for every sub-folder named by a
-    non-negative integer that holds a saved_model.pb (hidden partial exports are not numbers, so never listed)."""
+    non-negative integer (ASCII digits, at most MAX_VERSION) that holds a saved_model.pb (hidden partial exports are
+    not numbers, so never listed). A folder whose number is larger is passed to `ignored` when given."""
     base_path = Path(base_path)
     versions = {}
     for child in base_path.iterdir():
-        if child.name.isdigit() and (child / "saved_model.pb").is_file():
-            versions[int(child.name)] = child
+        if child.name.isascii() and child.name.isdigit() and (child / "saved_model.pb").is_file():
+            if int(child.name) <= MAX_VERSION:
+                versions[int(child.name)] = child
+            elif ignored is not None:
+                ignored(child)
     return versions
 
 

@@ -199,6 +199,16 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def out_folder(argv: List[str]) -> Optional[str]:
+    """--out's value in an `argv` that fails to parse as a whole; None when it cannot be told."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--out")
+    try:
+        return parser.parse_known_args(argv)[0].out
+    except (argparse.ArgumentError, SystemExit):
+        return None
+
+
 def check_settings(args: argparse.Namespace) -> None:
     """Raises ConfigError naming the first bad option."""
     if args.pca < 0:
@@ -232,7 +242,14 @@ def summary_line(name: str, entry: Dict) -> str:
 @cli.command
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as stop:
+        if stop.code:  # a bad argument: an earlier report in --out must not pass for this run's
+            remove_report(out_folder(argv))
+        raise
+    # first: whatever fails below (an argument check included) leaves no earlier report looking like this run's
+    remove_report(args.out)
     tf.get_logger().setLevel("ERROR")
     try:
         check_settings(args)
@@ -243,7 +260,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ConfigError(f"--benchmark name(s) given more than once: {', '.join(repeated)}")
         if args.calibrate is not None and args.calibrate not in names:
             raise ConfigError(f"--calibrate {args.calibrate}: no --benchmark of that name (given: {', '.join(names)})")
-        remove_report(args.out)
         embedder = make_embedder(args)
         entries, curves = {}, {}
         for benchmark in benchmarks:

@@ -28,7 +28,9 @@ from tfface.deploy import (  # noqa: E402
     export_file,
     export_run_with_tflite,
 )
-from tfface.errors import ConfigError, check_output_folder  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfface.errors import ConfigError, check_output_folder, file_error  # noqa: E402
 from tfface.evaluation import read_pairs_csv  # noqa: E402
 from tfface.export import export_run, load_exported  # noqa: E402
 
@@ -93,6 +95,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     except OSError as error:
         print(f"error: --out {args.out}: cannot write: {error}", file=sys.stderr)
+        return 2
+    except tf.errors.OpError as error:  # SaveV2 or the graph's write on a full disk
+        failure = file_error(error)
+        if failure is None:
+            raise
+        print(f"error: --out {args.out}: cannot write: [Errno {failure.errno}] {failure.strerror}", file=sys.stderr)
         return 2
     return 0
 

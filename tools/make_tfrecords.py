@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from tfface import cli
 from tfface.data import aligned_folder
+from tfface.data.image_io import open_image
 from tfface.data.folder import read_annotation_csv, scan_image_folder
 
 # TensorFlow (through tfface.data.schema and .writer) is imported only inside the commands, after the input
@@ -55,7 +56,7 @@ class SourceImage:
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
+    with open_image(path, path) as image:
         return image.convert("RGB")  # decodes fully, so a truncated file fails here
 
 
@@ -160,7 +161,7 @@ def convert(args: argparse.Namespace) -> int:
         for item in tqdm(sources, desc=f"convert {source.name}", unit="image", file=sys.stderr):
             try:
                 image = item.load()
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
+            except (OSError, ValueError) as error:  # UnreadableImageError is a ValueError
                 skipped.append((item.source_id, str(error)))
                 tqdm.write(f"skipped {source / item.source_id}: {error}", file=sys.stderr)
                 continue

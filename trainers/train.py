@@ -21,12 +21,13 @@ cli.quiet_tensorflow()  # before TensorFlow's first import
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfface import atomic  # noqa: E402
 from tfface.data import recordio, verify  # noqa: E402
 from tfface.data.pipeline import make_dataset  # noqa: E402
 from tfface.data.verify import Scan  # noqa: E402
 from tfface.data.writer import read_description  # noqa: E402
 from tfface.evaluation.benchmarks import Benchmark, parse_benchmark  # noqa: E402
-from tfface.errors import ConfigError, check_output_folder, check_writable_folder  # noqa: E402
+from tfface.errors import ConfigError, check_output_folder, check_writable_folder, file_error  # noqa: E402
 from tfface.builder import build_trainer, input_shape_for, steps_per_epoch_for  # noqa: E402
 from tfface.training.callbacks import (  # noqa: E402
     EpochCommit,
@@ -181,6 +182,7 @@ def train(config: RunConfig, prepared: Optional[Prepared] = None, extra_callback
     trainer, dataset, description, steps_per_epoch, strategy, callbacks = prepared or prepare(config)
     work_dir = config.work_dir
     os.makedirs(work_dir, exist_ok=True)
+    atomic.remove_stale_partial_files(work_dir)  # of a run killed before a rename
     save_config(config, os.path.join(work_dir, "config.yaml"))
     write_json_atomically(
         {
@@ -245,9 +247,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: training stopped: {error}; the backup and checkpoints of the last finite epoch are kept, "
               "nothing was exported", file=sys.stderr)
         return 1
-    except OSError as error:
-        where = f"cannot write {error.filename}: " if error.filename else ""
-        print(f"error: {where}[Errno {error.errno}] {error.strerror}", file=sys.stderr)
+    except (OSError, tf.errors.OpError) as error:  # a full disk under TensorBoard's writer is an OpError
+        failure = error if isinstance(error, OSError) else file_error(error)
+        if failure is None:
+            raise
+        where = f"cannot write {failure.filename}: " if failure.filename else ""
+        print(f"error: {where}[Errno {failure.errno}] {failure.strerror}", file=sys.stderr)
         return 1
     return 0
 

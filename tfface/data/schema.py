@@ -24,7 +24,9 @@ import io
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from tfface.data.image_io import UnreadableImageError, open_image
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
@@ -122,10 +124,10 @@ def _encode_pixels(image: np.ndarray, fmt: str) -> tuple[bytes, int, int]:
 def _inspect_encoded(data: bytes, fmt: str) -> tuple[int, int]:
     """(H, W) read from the header of encoded `data`, checked to be of format `fmt`."""
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with open_image(io.BytesIO(data), "image bytes") as opened:
             found, (width, height) = opened.format, opened.size
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"image bytes are not a readable image: {error}") from error
+    except UnreadableImageError as error:
+        raise ValueError(f"image bytes are not a readable image: {error.reason}") from None
     if found != _PIL_FORMATS[fmt]:
         raise ValueError(f"image bytes are {found}, but image_format is {fmt!r}")
     return height, width

@@ -133,9 +133,9 @@ def markdown_report(report: Mapping) -> str:
 def remove_report(out_dir) -> None:
     """Deletes the files `write_report` leaves in `out_dir` (report.json first, then report.md, roc_*.png and
     partial files of an interrupted write); other files stay. An undeletable file raises a ValueError naming it."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
+    if out_dir is None or not Path(out_dir).is_dir():
         return
+    out_dir = Path(out_dir)
     stale = [out_dir / REPORT_JSON, out_dir / REPORT_MARKDOWN]
     stale += sorted(out_dir.glob("roc_*.png")) + sorted(out_dir.glob(".roc_*")) + sorted(out_dir.glob(".report.*"))
     for path in stale:

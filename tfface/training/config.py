@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import yaml
 
 from tfface import atomic
-from tfface.errors import ConfigError
+from tfface.errors import ConfigError, cut, shown
 
 from tfface.training import fields as check
 from tfface.training.precision import PRECISIONS
@@ -51,7 +51,7 @@ class DataConfig(check.Section):
     # [H, W] random crop in training (the network input); default: no crop
     crop_size: Optional[List[int]] = check.field(None, check.optional(check.size))
     flip: bool = check.field(True, check.boolean)
-    shuffle_buffer: int = check.field(4096, check.integer(1))
+    shuffle_buffer: int = check.field(4096, check.integer(1, 10 ** 7))
     cache: Union[bool, str] = check.field(False, check.one_of(check.boolean, check.text))  # true: memory; a path: file
     # extra features the plug-ins read: landmarks, pose, light, true_label, depth, albedo, ...
     features: List[str] = check.field([], check.names)
@@ -62,9 +62,10 @@ class DataConfig(check.Section):
 
 @dataclass
 class TrainConfig(check.Section):
-    epochs: int = check.field(10, check.integer(1))
-    batch_size: int = check.field(128, check.integer(1))  # global batch, split across replicas
-    steps_per_epoch: Optional[int] = check.field(None, check.optional(check.integer(1)))  # default: examples // batch
+    epochs: int = check.field(10, check.integer(1, check.MAX_EPOCHS))
+    batch_size: int = check.field(128, check.integer(1, 1 << 20))  # global batch, split across replicas
+    # default: examples // batch
+    steps_per_epoch: Optional[int] = check.field(None, check.optional(check.integer(1, 10 ** 9)))
     freeze: List[str] = check.field([], check.names_from(FREEZABLE_PARTS))  # parts the main optimizer leaves alone
     stages: List[Stage] = check.field([], parse_stages)  # trained one after the other; see tfface.training.stages
     init_from: Optional[str] = check.field(None, check.optional(check.text))  # a run dir to fine-tune from
@@ -82,22 +83,23 @@ class OptimizerConfig(check.Section):
     name: str = check.field("sgd", check.choice(OPTIMIZERS))
     momentum: float = check.field(0.9, check.number(0.0, 1.0, high_open=True))
     nesterov: bool = check.field(False, check.boolean)
-    weight_decay: float = check.field(5e-4, check.number(0.0))
+    weight_decay: float = check.field(5e-4, check.number(0.0, 1.0))
     beta_1: float = check.field(0.9, check.number(0.0, 1.0, high_open=True))
     beta_2: float = check.field(0.999, check.number(0.0, 1.0, high_open=True))
-    epsilon: float = check.field(1e-7, check.number(0.0, low_open=True))
-    clipnorm: Optional[float] = check.field(None, check.optional(check.number(0.0, low_open=True)))
+    epsilon: float = check.field(1e-7, check.number(0.0, 1.0, low_open=True))
+    clipnorm: Optional[float] = check.field(None, check.optional(check.number(0.0, 1e6, low_open=True)))
 
 
 @dataclass
 class ScheduleConfig(check.Section):
     name: str = check.field("piecewise", check.choice(SCHEDULES))
-    learning_rate: float = check.field(0.1, check.number(0.0, low_open=True))
-    warmup_epochs: float = check.field(0.0, check.number(0.0))
-    boundaries: List[float] = check.field([], check.numbers(0.0))  # piecewise: epochs where the rate times `decay`
-    decay: float = check.field(0.1, check.number(0.0, low_open=True))
-    min_learning_rate: float = check.field(0.0, check.number(0.0))  # cosine: floor
-    power: float = check.field(1.0, check.number(0.0, low_open=True))  # polynomial: (1 - progress)^power
+    learning_rate: float = check.field(0.1, check.number(0.0, check.MAX_LEARNING_RATE, low_open=True))
+    warmup_epochs: float = check.field(0.0, check.number(0.0, check.MAX_EPOCHS))
+    # piecewise: epochs where the rate times `decay`
+    boundaries: List[float] = check.field([], check.numbers(0.0, check.MAX_EPOCHS))
+    decay: float = check.field(0.1, check.number(0.0, 1e3, low_open=True))
+    min_learning_rate: float = check.field(0.0, check.number(0.0, check.MAX_LEARNING_RATE))  # cosine: floor
+    power: float = check.field(1.0, check.number(0.0, 1e3, low_open=True))  # polynomial: (1 - progress)^power
 
 
 @dataclass
@@ -106,12 +108,13 @@ class EvaluationConfig(check.Section):
     # NAME=PATH as tools.evaluate's --benchmark: a .bin, an LFW folder, a pairs CSV, a CFP folder (arcface_torch's
     # val_targets); logged as NAME_accuracy, NAME_accuracy_std, NAME_auc
     benchmarks: List[str] = check.field([], check.names)
-    every_epochs: int = check.field(1, check.integer(1))
-    every_steps: Optional[int] = check.field(None, check.optional(check.integer(1)))  # set: every N optimizer steps
+    every_epochs: int = check.field(1, check.integer(1, check.MAX_EPOCHS))
+    # set: every N optimizer steps
+    every_steps: Optional[int] = check.field(None, check.optional(check.integer(1, 1 << 40)))
     # a benchmark's NAME (or `verification` for pairs_dir): the best backbone by its accuracy kept in work_dir/best/
     keep_best: Optional[str] = check.field(None, check.optional(check.text))
     image_size: Optional[List[int]] = check.field(None, check.optional(check.size))
-    batch_size: int = check.field(64, check.integer(1))
+    batch_size: int = check.field(64, check.integer(1, 1 << 16))
 
 
 @dataclass
@@ -120,7 +123,7 @@ class RunConfig(check.Section):
 
     name: str = check.field("run", check.text)
     work_dir: Optional[str] = check.field(None, check.optional(check.text))  # default: runs/<name>
-    seed: int = check.field(0, check.integer(0))
+    seed: int = check.field(0, check.integer(0, 2 ** 32 - 1))  # numpy's seeds are 32-bit
     backbone: BackboneConfig = check.section(BackboneConfig)
     head: HeadConfig = check.section(HeadConfig)
     data: DataConfig = check.section(DataConfig)
@@ -161,9 +164,29 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any], prefix: str = "") -> Di
     return merged
 
 
-def yaml_problem(error: yaml.YAMLError) -> str:
+MAX_YAML_VALUES = 100_000  # values a config may hold once its aliases are expanded (a "billion laughs" holds 10^9)
+
+
+def load_yaml(stream) -> Any:
+    """yaml.safe_load, refusing a document whose aliases expand to more than MAX_YAML_VALUES values (ValueError): the
+    config is deep-copied, merged, hashed and saved, each of which expands them."""
+    value = yaml.safe_load(stream)
+    count, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ValueError(f"more than {MAX_YAML_VALUES} values once its aliases (*name) are expanded")
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
+    return value
+
+
+def yaml_problem(error: Exception) -> str:
     """A YAML parser error on one line: what is wrong and where (line and column, counted from 1)."""
-    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    problem = cut(getattr(error, "problem", None) or " ".join(str(error).split()), 200)
     mark = getattr(error, "problem_mark", None)
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
@@ -176,9 +199,9 @@ def parse_override(text: str) -> Dict[str, Any]:
     if not dotted:
         raise ConfigError(f"--set expects key.sub=value, got '{text}'")
     try:
-        value = yaml.safe_load(raw) if raw else None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {dotted}: invalid YAML value '{raw}': {yaml_problem(error)}") from None
+        value = load_yaml(raw) if raw else None
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer of more than 4300 digits
+        raise ConfigError(f"--set {dotted}: invalid YAML value {shown(raw)}: {yaml_problem(error)}") from None
     nested: Dict[str, Any] = value
     for key in reversed(dotted.split(".")):
         nested = {key: nested}
@@ -223,22 +246,28 @@ def _plugin_index(entries: List[Any], key: str, path: str) -> int:
 
 
 def _read_yaml(path: str, seen: tuple = ()) -> Dict[str, Any]:
-    """A config file as a dict, with its `base` (a path relative to the file) merged underneath, recursively."""
+    """A config file as a dict, with its `base` (a path relative to the file) merged underneath, recursively; a loop
+    is found on the files' real paths, however spelled."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    if path in seen:
+    if os.path.realpath(path) in seen:
         raise ConfigError(f"{path}: `base` loops back to itself")
-    with open(path) as handle:
-        try:
-            loaded = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML: {yaml_problem(error)}") from None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = load_yaml(handle) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason})") from None
+    except (yaml.YAMLError, ValueError) as error:
+        raise ConfigError(f"{path}: invalid YAML: {yaml_problem(error)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the config must be a mapping at the top level")
     base = loaded.pop("base", None)
     if base is None:
         return loaded
-    return _overlay(_read_yaml(os.path.join(os.path.dirname(path), base), (*seen, path)), loaded)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: {shown(base)} is not allowed (expected the path of a config file)")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    return _overlay(_read_yaml(base_path, (*seen, os.path.realpath(path))), loaded)
 
 
 def _overlay(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:

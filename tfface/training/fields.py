@@ -1,14 +1,14 @@
 """Typed config fields: a default and a check per field. A check takes (key, value) and returns the value in its
 type, or raises a ConfigError naming the key, the value and what is allowed:
 
-    train.epochs: 'ten' is not allowed (expected an integer >= 1)
+    train.epochs: 'ten' is not allowed (expected an integer >= 1 and <= 100000)
 """
 import copy
 import dataclasses
 import math
 from typing import Any, Callable, Dict, Sequence
 
-from tfface.errors import ConfigError
+from tfface.errors import ConfigError, shown
 
 class Check:
     """allowed: what the check takes, in words; accepts(value) -> bool; convert(value) -> the typed value."""
@@ -20,7 +20,7 @@ class Check:
 
     def __call__(self, key: str, value):
         if not self.accepts(value):
-            raise ConfigError(f"{key}: {value!r} is not allowed (expected {self.allowed})")
+            raise ConfigError(f"{key}: {shown(value)} is not allowed (expected {self.allowed})")
         return self.convert(value)
 
 
@@ -43,7 +43,7 @@ class Section:
     @classmethod
     def from_dict(cls, values: Dict[str, Any], prefix: str = ""):
         if not isinstance(values, dict):
-            raise ConfigError(f"{prefix.rstrip('.')}: {values!r} is not allowed (expected a mapping)")
+            raise ConfigError(f"{prefix.rstrip('.')}: {shown(values)} is not allowed (expected a mapping)")
         arguments = {}
         for spec in dataclasses.fields(cls):
             key = f"{prefix}{spec.name}"
@@ -66,7 +66,9 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # an int of any size is finite (and beyond a float)
 
 
 text = Check("a non-empty string", lambda value: isinstance(value, str) and bool(value))
@@ -77,42 +79,50 @@ plugin_list = Check(
     "a list of mappings, each with a name",
     lambda value: isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value),
 )
+# upper bounds of the numeric keys: far beyond any real run, far below values that overflow or exhaust memory
+MAX_EPOCHS = 100_000
+MAX_LEARNING_RATE = 1e6
+MAX_IMAGE_SIDE = 4096  # pixels: far above any face crop, far below what fills a host's memory
+
+
+def _is_side(value) -> bool:
+    return _is_int(value) and 1 <= value <= MAX_IMAGE_SIDE
+
+
 size = Check(
-    "an integer >= 1 or a pair [height, width] of them",
-    lambda value: (_is_int(value) and value >= 1)
-    or (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value)),
+    f"an integer >= 1 and <= {MAX_IMAGE_SIDE} or a pair [height, width] of them",
+    lambda value: _is_side(value) or (isinstance(value, list) and len(value) == 2 and all(map(_is_side, value))),
     lambda value: [value, value] if _is_int(value) else list(value),
 )
 
 
-def integer(low: int) -> Check:
-    return Check(f"an integer >= {low}", lambda value: _is_int(value) and value >= low)
+def integer(low: int, high: int) -> Check:
+    """An integer in [low, high]: every count has a sane upper bound."""
+    return Check(f"an integer >= {low} and <= {high}", lambda value: _is_int(value) and low <= value <= high)
 
 
-def number(low: float, high: float = None, low_open: bool = False, high_open: bool = False) -> Check:
+def number(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:
     """A finite number in [low, high] (an open end with low_open / high_open), returned as float."""
-    bounds = f"{'>' if low_open else '>='} {low:g}"
-    if high is not None:
-        bounds += f" and {'<' if high_open else '<='} {high:g}"
+    bounds = f"{'>' if low_open else '>='} {low:g} and {'<' if high_open else '<='} {high:g}"
 
     def accepts(value) -> bool:
         if not _is_number(value) or value < low or (low_open and value == low):
             return False
-        return high is None or value < high or (value == high and not high_open)
+        return value < high or (value == high and not high_open)
 
     return Check(f"a finite number {bounds}", accepts, float)
 
 
-def numbers(low: float) -> Check:
-    element = number(low)
-    return Check(f"a list of finite numbers >= {low:g}",
+def numbers(low: float, high: float) -> Check:
+    element = number(low, high)
+    return Check(f"a list of finite numbers >= {low:g} and <= {high:g}",
                       lambda value: isinstance(value, list) and all(element.accepts(v) for v in value),
                       lambda value: [float(v) for v in value])
 
 
 def choice(values: Sequence) -> Check:
-    shown = ", ".join(str(value) for value in values)
-    return Check(f"one of {shown}", lambda value: any(type(value) is type(v) and value == v for v in values))
+    listed = ", ".join(str(value) for value in values)
+    return Check(f"one of {listed}", lambda value: any(type(value) is type(v) and value == v for v in values))
 
 
 def names_from(allowed: Sequence[str]) -> Check:

@@ -29,7 +29,7 @@ class Stage(check.Section):
 
 STAGE_KEYS = tuple(spec.name for spec in dataclasses.fields(Stage))
 _CHECKS = {
-    "epochs": check.integer(1),
+    "epochs": check.integer(1, check.MAX_EPOCHS),
     "name": check.Check("a string", lambda value: isinstance(value, str)),
     "freeze": check.names_from(FREEZABLE_PARTS),
     "identity_loss": check.boolean,

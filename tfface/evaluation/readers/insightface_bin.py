@@ -9,6 +9,7 @@ module: only lists, tuples, bytes and booleans (Python 2 strings come out as byt
 """
 import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -28,6 +29,17 @@ class BinUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def check_lengths(data: bytes) -> None:
+    """ValueError unless every length the pickle `data` declares (a string's, a frame's) fits in the bytes after it:
+    the unpickler allocates a declared length before reading it (2^40 bytes from 21). pickletools reads each
+    argument from what is there."""
+    stream = io.BytesIO(data)
+    for opcode, argument, position in pickletools.genops(stream):
+        if opcode.name == "FRAME" and argument > len(data) - stream.tell():
+            raise ValueError(f"a frame of {argument} bytes at byte {position}, but only "
+                             f"{len(data) - stream.tell()} remain")
+
+
 def load_bin(path, image_size: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Loads a `.bin` set -> (images uint8 [2P, H, W, 3] RGB, issame bool [P]).
 
@@ -39,8 +51,9 @@ def load_bin(path, image_size: Optional[Tuple[int, int]] = None) -> Tuple[np.nda
     if not path.is_file():
         raise FileNotFoundError(f".bin verification set not found: {path}")
     try:
-        with open(path, "rb") as handle:
-            content = BinUnpickler(handle, encoding="bytes").load()
+        data = path.read_bytes()
+        check_lengths(data)
+        content = BinUnpickler(io.BytesIO(data), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
         raise ValueError(f"{path} is not an insightface .bin pickle: {error}") from None
     if not isinstance(content, (tuple, list)) or len(content) != 2:

@@ -6,6 +6,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from tfface.data.image_io import UnreadableImageError, open_image
+
 
 @dataclass(frozen=True)
 class PairList:
@@ -50,10 +52,10 @@ def decode_image(source, description: str, image_size: Optional[Tuple[int, int]]
     """Decodes an image file path or file object to RGB uint8 [H, W, 3], resized (bilinear) to image_size
     (height, width) when given; an undecodable image raises a ValueError naming `description`."""
     try:
-        with Image.open(source) as image:
+        with open_image(source, description) as image:
             image = image.convert("RGB")
-    except OSError as error:
-        raise ValueError(f"cannot decode {description}: {error}") from None
+    except UnreadableImageError as error:
+        raise ValueError(f"cannot decode {description}: {error.reason}") from None
     if image_size is not None and image.size != (image_size[1], image_size[0]):
         image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)

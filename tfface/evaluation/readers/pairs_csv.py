@@ -1,20 +1,24 @@
 """Generic verification pairs CSV: `path1,path2,issame` with an optional `fold` column.
 
 A header row naming the columns is optional (without it the columns are in that order). issame is 1/0 or
-true/false; fold is a 0-based integer. Relative paths are resolved against `image_root`, by default the CSV's
-folder.
+true/false; fold is a 0-based integer below MAX_FOLDS. Relative paths are resolved against `image_root`, by default
+the CSV's folder. A UTF-8 byte order mark (Excel's "CSV UTF-8") is read; a pair listed twice (in either order) is
+kept, with a warning on stderr.
 """
 import csv
+import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from tfface.errors import shown
 from tfface.evaluation.readers.pairs import PairList
 
 COLUMNS = ("path1", "path2", "issame", "fold")
 TRUE_WORDS = ("1", "true", "yes")
 FALSE_WORDS = ("0", "false", "no")
+MAX_FOLDS = 10_000
 
 
 def read_pairs_csv(path, image_root=None, check_files: bool = True) -> PairList:
@@ -27,7 +31,7 @@ def read_pairs_csv(path, image_root=None, check_files: bool = True) -> PairList:
     if not path.is_file():
         raise FileNotFoundError(f"pairs CSV not found: {path}")
     root = Path(image_root) if image_root is not None else path.parent
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         rows = [(line_number, row) for line_number, row in enumerate(csv.reader(handle), start=1) if row]
     if not rows:
         raise ValueError(f"{path}: no rows")
@@ -46,16 +50,18 @@ def read_pairs_csv(path, image_root=None, check_files: bool = True) -> PairList:
             raise ValueError(f"{location}: expected {n_columns} fields like the first row, got {len(row)}")
         same = row[2].strip().lower()
         if same not in TRUE_WORDS + FALSE_WORDS:
-            raise ValueError(f"{location}: issame must be 1/0 or true/false, got {row[2]!r}")
+            raise ValueError(f"{location}: issame must be 1/0 or true/false, got {shown(row[2])}")
         if n_columns == 4:
-            if not row[3].strip().isdigit():
-                raise ValueError(f"{location}: fold must be a non-negative integer, got {row[3]!r}")
-            folds.append(int(row[3]))
+            fold = row[3].strip()
+            if not (fold.isascii() and fold.isdigit() and len(fold) <= 6 and int(fold) < MAX_FOLDS):
+                raise ValueError(f"{location}: fold must be an integer >= 0 and < {MAX_FOLDS}, got {shown(row[3])}")
+            folds.append(int(fold))
         paths1.append(_resolve(root, row[0], location, check_files))
         paths2.append(_resolve(root, row[1], location, check_files))
         issame.append(same in TRUE_WORDS)
     if not issame:
         raise ValueError(f"{path}: no pair rows")
+    _warn_of_repeats(path, [line_number for line_number, _ in rows], paths1, paths2)
     fold_array: Optional[np.ndarray] = np.array(folds, dtype=np.int64) if n_columns == 4 else None
     return PairList(tuple(paths1), tuple(paths2), np.array(issame, dtype=bool), fold_array)
 
@@ -65,3 +71,18 @@ def _resolve(root: Path, image: str, location: str, check_files: bool) -> str:
     if check_files and not image_path.is_file():
         raise FileNotFoundError(f"{location}: image not found: {image_path}")
     return str(image_path)
+
+
+def _warn_of_repeats(path: Path, line_numbers, paths1, paths2) -> None:
+    """One stderr line when a pair (its two images in either order) is listed more than once: it would count twice
+    in every number of the benchmark."""
+    first_line, repeats = {}, []
+    for line_number, first, second in zip(line_numbers, paths1, paths2):
+        pair = frozenset((first, second))
+        if pair in first_line:
+            repeats.append((line_number, first_line[pair]))
+        else:
+            first_line[pair] = line_number
+    if repeats:
+        print(f"warning: {path}: {len(repeats)} pair(s) listed more than once (first: line {repeats[0][0]} repeats "
+              f"line {repeats[0][1]}); each copy counts", file=sys.stderr)
