@@ -51,7 +51,7 @@ def test_fold_pairs_use_aligned_crops_and_identity_disjoint_sub_folds(tmp_path):
     for protocol in ("FP", "FF"):
         with open(cfp / f"pairs_{protocol}.csv", "w", newline="") as handle:
             csv.writer(handle).writerows([("path1", "path2", "issame", "fold"), *rows])
-    prepare_cfp.fold_pairs(cfp, out / "aligned", out)
+    prepare_cfp.fold_pairs(cfp, out / "aligned", out, 7)
     with open(out / "fold7_FP.csv", newline="") as handle:
         written = list(csv.DictReader(handle))
     assert len(written) == 700
@@ -70,7 +70,7 @@ def test_fold_pairs_refuse_a_fold_of_the_wrong_size(tmp_path):
     (cfp / "pairs_FP.csv").write_text(
         "path1,path2,issame,fold\nimages/351/frontal/01.jpg,images/351/profile/01.jpg,1,7\n")
     with pytest.raises(prepare_cfp.ConfigError, match="fold 7 has 1 pairs, expected 700"):
-        prepare_cfp.fold_pairs(cfp, tmp_path / "aligned", tmp_path / "data")
+        prepare_cfp.fold_pairs(cfp, tmp_path / "aligned", tmp_path / "data", 7)
 
 
 def test_table_rows_against_the_baseline():
