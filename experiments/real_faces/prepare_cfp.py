@@ -1,6 +1,7 @@
 """CFP through the real-data pipeline: aligned crops, training TFRecords, fold-6/7 pair lists, APRN's mean landmarks.
 
     python -m experiments.real_faces.prepare_cfp [--cfp ../shared/data/cfp] [--out data/cfp] [--aligned DIR]
+        [--lists DIR]
 
 1. `tools.align` (MTCNN, ArcFace 112x112 template) on all 5,600 photos, frontal and profile, into OUT/aligned (skipped
    when OUT/aligned/align_report.csv exists; --aligned names another folder written by tools.align).
@@ -228,13 +229,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--cfp", default="../shared/data/cfp", help="the CFP folder (default ../shared/data/cfp)")
     parser.add_argument("--out", default="data/cfp", help="output folder (default data/cfp)")
     parser.add_argument("--aligned", help="a tools.align output folder to use instead of OUT/aligned")
+    parser.add_argument("--lists", help="where the noise and long-tail lists go (default OUT)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        summary = prepare(Path(args.cfp), Path(args.out), Path(args.aligned) if args.aligned else None)
+        summary = prepare(Path(args.cfp), Path(args.out), Path(args.aligned) if args.aligned else None,
+                          Path(args.lists) if args.lists else None)
     except (ConfigError, OSError) as error:
         return cli.user_error(error)
     for view in ("frontal", "profile"):

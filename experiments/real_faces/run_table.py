@@ -212,19 +212,23 @@ def gate_rows(grid_path: Path, compute: bool) -> Dict[str, Dict]:
 
 def study(as_is: Dict, grids: Dict[str, Path], gates: Dict[str, Dict]) -> Dict:
     """{"as_is": {row: {benchmark: %}}, "validation": {cell: row}, "recipe": {cell: row} (with the difference from
-    the imported network), "methods": {cell: row paired with its baseline}, "gates": ...}."""
+    the imported network), "methods": {cell: row paired with its baseline}, "gates": ...}; a grid missing from
+    `grids` gives no rows."""
     result = {"as_is": {row: {name: 100 * entry["accuracy_mean"] for name, entry in entries.items()}
                         for row, entries in as_is.items()},
               "validation": {}, "recipe": {}, "methods": {}, "gates": gates}
-    for cell, runs in finished_runs(grids["validation"]).items():
+    def finished(name):
+        return finished_runs(grids[name]) if name in grids else {}
+
+    for cell, runs in finished("validation").items():
         result["validation"][cell] = row_summary(runs, VALIDATION)
-    for cell, runs in finished_runs(grids["recipe"]).items():
+    for cell, runs in finished("recipe").items():
         row = row_summary(runs, [*VALIDATION, *TEST])
         for name, entry in row["benchmarks"].items():  # the imported network is deterministic: minus a constant
             entry["vs_imported"] = {"mean": entry["mean"] - result["as_is"]["imported"][name], "se": entry["se"],
                                     "n": entry["n"]}
         result["recipe"][cell] = row
-    methods = finished_runs(grids["methods"])
+    methods = finished("methods")
     for cell, runs in methods.items():
         baseline = None if cell == paired_baseline(cell) else methods.get(paired_baseline(cell), {})
         result["methods"][cell] = row_summary(runs, [*VALIDATION, *TEST], baseline)
@@ -295,7 +299,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--results", default="experiments/real_faces/results",
                         help="folder of table.md, table.json and the noise / long-tail lists")
     parser.add_argument("--until", choices=list(GRIDS), default="methods",
-                        help="train the grids up to this one (validation, recipe, methods; default all)")
+                        help="train and tabulate the grids up to this one (validation, recipe, methods; default all)")
     parser.add_argument("--table-only", action="store_true",
                         help="write the table from the runs finished so far, training nothing (a stopped run)")
     return parser.parse_args(argv)
@@ -303,7 +307,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    grids = {name: Path(path) for name, path in GRIDS.items()}
+    names = list(GRIDS)[:list(GRIDS).index(args.until) + 1]
+    grids = {name: Path(GRIDS[name]) for name in names}
     results = Path(args.results)
     try:
         onnx_path = Path(args.onnx)
@@ -313,9 +318,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         import_network(onnx_path)
         as_is = as_is_rows(onnx_path, BENCHMARKS)
         if not args.table_only:
-            for name in list(GRIDS)[:list(GRIDS).index(args.until) + 1]:
-                run_grid_seed_major(grids[name])
-        result = study(as_is, grids, gate_rows(grids["methods"], compute=not args.table_only))
+            for grid_path in grids.values():
+                run_grid_seed_major(grid_path)
+        gates = gate_rows(grids["methods"], compute=not args.table_only) if "methods" in grids else {}
+        result = study(as_is, grids, gates)
     except (ConfigError, OSError) as error:
         return cli.user_error(error)
     text = markdown(result)
