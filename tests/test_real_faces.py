@@ -1,5 +1,6 @@
 """experiments/real_faces: the CFP preparation (fiducial fallback, fold-7 pairs) and the table's arithmetic."""
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,30 @@ def test_finished_runs_and_the_study_table(tmp_path, monkeypatch):
     assert "| candidate `a` | 0 | 90.00 | 99.00 | not read | not read | 2.0 min |" in text
     assert "| `finetune` vs imported | | +3.00 +- 1.00 |" in text
     assert "| aprn | baseline | 1, 2 | 91.00, 94.00 | 92.50 +- 1.50 | +1.50 +- 0.50 | holds |" in text
+
+
+def test_complete_results_reads_only_the_missing_benchmarks(tmp_path, monkeypatch):
+    """The chosen candidate's seed-0 run was read on fold 6 only: the recipe grid's fold-7 entry is added from its
+    export, the fold-6 entry kept; a complete run is not evaluated again."""
+    import json
+
+    from experiments.ablation import ablate
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base: trainers/configs/finetune.yaml\nout: {tmp_path}\nseeds: [0, 1]\n"
+                    "benchmarks: {fold6: a.csv, fold7: b.csv}\ncells: [{name: finetune, set: []}]\n")
+    for seed, benchmarks in ((0, {"fold6": 0.9}), (1, {"fold6": 0.9, "fold7": 0.8})):
+        folder = tmp_path / "finetune" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps(result(seed, **benchmarks)))
+    calls = []
+
+    def evaluate(export_dir, benchmarks):
+        calls.append((Path(export_dir), benchmarks))
+        return {name: {"accuracy_mean": 0.7, "auc": 0.8} for name in benchmarks}
+
+    monkeypatch.setattr(ablate, "evaluate_export", evaluate)
+    run_table.complete_results(grid)
+    assert calls == [(tmp_path / "finetune" / "seed0" / "export" / "1", {"fold7": "b.csv"})]
+    updated = json.loads((tmp_path / "finetune" / "seed0" / "result.json").read_text())
+    assert updated["benchmarks"]["fold6"]["accuracy_mean"] == 0.9 and updated["benchmarks"]["fold7"]["accuracy_mean"] == 0.7

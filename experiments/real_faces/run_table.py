@@ -10,7 +10,8 @@ baseline under its paper's condition, paired by seed.
 3. The imported network as is: exported with tools.export's code and evaluated on folds 6 and 7; the ONNX file itself
    through onnxruntime on the same pairs (the export's parity).
 4. grid_recipe_validation.yaml: the recipe's candidates, each read on fold 6 only (seed 0).
-5. grid_recipe.yaml: the chosen recipe (trainers/configs/finetune.yaml), new seeds, read on folds 6 and 7.
+5. grid_recipe.yaml: the chosen candidate with more seeds, read on folds 6 and 7 (its seed-0 run is the validation
+   grid's, read on fold 7 from its export after the choice).
 6. grid_cfp.yaml: the method study (seed-major), every cell paired with the baseline on its split.
 7. results/table.md and .json: per-seed numbers, mean +- standard error, each method's paired difference from its
    baseline (mean +- SE over the common seeds) and the verdict: "holds" when the difference exceeds 2 SE, "worse
@@ -113,6 +114,25 @@ def run_grid_seed_major(grid_path: Path) -> None:
         atomic.write_text(partial, yaml.safe_dump({**spec, "seeds": grid.seeds[:count]}))
         run_grid(partial)
     run_grid(grid_path)
+
+
+def complete_results(grid_path: Path) -> None:
+    """Finished runs of the grid that lack some of its benchmarks (the recipe's seed-0 run, trained and read on fold
+    6 by the validation grid, then chosen) are evaluated on the missing ones from their export, once."""
+    from experiments.ablation.ablate import EXPORT_VERSION, RESULT_FILE, cell_dir, evaluate_export, read_grid
+
+    grid = read_grid(grid_path)
+    for cell in grid.cells:
+        for seed in grid.seeds:
+            path = cell_dir(grid.out, cell, seed) / RESULT_FILE
+            if not path.is_file():
+                continue
+            result = json.loads(path.read_text())
+            missing = {name: where for name, where in grid.benchmarks.items() if name not in result["benchmarks"]}
+            if missing:
+                print(f"{cell.name} seed {seed}: reading {', '.join(missing)} from its export", flush=True)
+                result["benchmarks"].update(evaluate_export(path.parent / "export" / EXPORT_VERSION, missing))
+                atomic.write_json(path, result)
 
 
 def finished_runs(grid_path: Path) -> Dict[str, Dict[int, Dict]]:
@@ -319,6 +339,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         as_is = as_is_rows(onnx_path, BENCHMARKS)
         if not args.table_only:
             for grid_path in grids.values():
+                complete_results(grid_path)
                 run_grid_seed_major(grid_path)
         gates = gate_rows(grids["methods"], compute=not args.table_only) if "methods" in grids else {}
         result = study(as_is, grids, gates)
