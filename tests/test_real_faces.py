@@ -195,4 +195,5 @@ def test_complete_results_reads_only_the_missing_benchmarks(tmp_path, monkeypatc
     run_table.complete_results(grid)
     assert calls == [(tmp_path / "finetune" / "seed0" / "export" / "1", {"fold7": "b.csv"})]
     updated = json.loads((tmp_path / "finetune" / "seed0" / "result.json").read_text())
-    assert updated["benchmarks"]["fold6"]["accuracy_mean"] == 0.9 and updated["benchmarks"]["fold7"]["accuracy_mean"] == 0.7
+    assert updated["benchmarks"]["fold6"]["accuracy_mean"] == 0.9
+    assert updated["benchmarks"]["fold7"]["accuracy_mean"] == 0.7

@@ -8,8 +8,9 @@
 2. Where MTCNN found no face, the crop is aligned from the release's hand-marked fiducials instead (`fiducial_points`):
    the visible eye's centre, the nose tip and the visible mouth corner, by the least-squares similarity onto the
    same three points of the template. Detection rates per view and the fallback count go to OUT/alignment.json.
-3. Training set: identities 001-300 (folds 0-5), the detector-aligned faces (their 5 points and head pose from tools.align) as
-   TFRecords in OUT/train (tools.make_tfrecords convert --landmarks), through a folder of links OUT/train_images.
+3. Training set: identities 001-300 (folds 0-5), the detector-aligned faces (their 5 points and head pose from
+   tools.align) as TFRecords in OUT/train (tools.make_tfrecords convert --landmarks), through a folder of links
+   OUT/train_images.
 4. Validation and test: fold 6 (identities 301-350, where every setting is chosen) and fold 7 (identities 351-400,
    read once per final row) of the official FP and FF pairs as OUT/fold{6,7}_{FP,FF}.csv over the aligned crops,
    each with a `fold` column of 10 identity-disjoint sub-folds (5 identities each; a pair belongs to its first
