@@ -166,7 +166,7 @@ def test_finished_runs_and_the_study_table(tmp_path, monkeypatch):
     latse = study["methods"]["latse@noisy20"]
     assert latse["paired_with"] == "baseline@noisy20" and "vs_baseline" not in latse["benchmarks"]["cfp_fp_fold7"]
     text = run_table.markdown(study)
-    assert "| candidate `a` | 0 | 90.00 | 99.00 | not read | not read | 2.0 min |" in text
+    assert "| candidate `a` | 0 | 90.00 | 99.00 | - | - | 2.0 min |" in text
     assert "| `finetune` vs imported | | +3.00 +- 1.00 |" in text
     assert "| aprn | baseline | 1, 2 | 91.00, 94.00 | 92.50 +- 1.50 | +1.50 +- 0.50 | holds |" in text
 

@@ -266,8 +266,8 @@ def _value(entry: Optional[Dict], key: str = "mean", signed: bool = False) -> st
 def markdown(result: Dict) -> str:
     """The study's tables: the recipe (validation, then test) and the methods (paired differences, verdicts)."""
     lines = ["## The recipe", "",
-             "Validation: fold 6 (identities 301-350); test: fold 7 (identities 351-400), read once per final row. "
-             "Accuracy %, 10-fold, flip test; mean +- standard error over seeds.", "",
+             "Validation: fold 6 (identities 301-350); test: fold 7 (identities 351-400), read once per final row "
+             "(candidates: validation only). Accuracy %, 10-fold, flip test; mean +- standard error over seeds.", "",
              "| row | seed(s) | FP fold 6 (val) | FF fold 6 (val) | FP fold 7 (test) | FF fold 7 (test) | "
              "training time per run |", "|---|---|---|---|---|---|---|"]
     for label, values in result["as_is"].items():
@@ -275,14 +275,14 @@ def markdown(result: Dict) -> str:
                                                           for name in (*VALIDATION, *TEST)) + " | - |")
     for cell, row in result["validation"].items():
         cells = [f"{row['benchmarks'][name]['mean']:.2f}" for name in VALIDATION]
-        lines.append(f"| candidate `{cell}` | {', '.join(map(str, row['seeds']))} | {' | '.join(cells)} | not read "
-                     f"| not read | {row['train_seconds'] / 60:.1f} min |")
+        lines.append(f"| candidate `{cell}` | {', '.join(map(str, row['seeds']))} | {' | '.join(cells)} | - | - "
+                     f"| {row['train_seconds'] / 60:.1f} min |")
     for cell, row in result["recipe"].items():
         names = [*VALIDATION, *TEST]
         for seed in row["seeds"]:
             lines.append(f"| `{cell}` | {seed} | " + " | ".join(
                 f"{row['benchmarks'][name]['per_seed'][seed]:.2f}" for name in names) + " | |")
-        lines.append(f"| `{cell}`, mean | {len(row['seeds'])} seeds | " + " | ".join(
+        lines.append(f"| `{cell}`, mean | n = {len(row['seeds'])} | " + " | ".join(
             _value(row["benchmarks"][name]) for name in names) + f" | {row['train_seconds'] / 60:.1f} min |")
         lines.append(f"| `{cell}` vs imported | | " + " | ".join(
             _value(row["benchmarks"][name]["vs_imported"], signed=True) for name in names) + " | |")
@@ -301,6 +301,8 @@ def markdown(result: Dict) -> str:
             _value(fp.get("vs_baseline"), signed=True), fp.get("vs_baseline", {}).get("verdict", ""), _value(ff),
             _value(ff.get("vs_baseline"), signed=True), ff.get("vs_baseline", {}).get("verdict", ""),
             f"{vfp['mean']:.2f} / {vff['mean']:.2f}", f"{row['train_seconds'] / 60:.1f} min |"]))
+    if not result["methods"]:
+        lines.append("| (no finished run yet) |" + " |" * 11)
     if result["gates"]:
         lines += ["", "LATSE's gate on the injected noise (the teacher's top-k over the noisy split):", "",
                   "| cell | teacher | k | kept | precision | recall |", "|---|---|---|---|---|---|"]
