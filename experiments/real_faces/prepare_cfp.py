@@ -1,19 +1,25 @@
-"""CFP through the real-data pipeline: aligned crops, training TFRecords, fold-7 pair lists, APRN's mean landmarks.
+"""CFP through the real-data pipeline: aligned crops, training TFRecords, fold-6/7 pair lists, APRN's mean landmarks.
 
     python -m experiments.real_faces.prepare_cfp [--cfp ../shared/data/cfp] [--out data/cfp] [--aligned DIR]
+        [--lists DIR]
 
 1. `tools.align` (MTCNN, ArcFace 112x112 template) on all 5,600 photos, frontal and profile, into OUT/aligned (skipped
    when OUT/aligned/align_report.csv exists; --aligned names another folder written by tools.align).
 2. Where MTCNN found no face, the crop is aligned from the release's hand-marked fiducials instead (`fiducial_points`):
    the visible eye's centre, the nose tip and the visible mouth corner, by the least-squares similarity onto the
    same three points of the template. Detection rates per view and the fallback count go to OUT/alignment.json.
-3. Training set: identities 001-350, the detector-aligned faces (their 5 points and head pose from tools.align) as
-   TFRecords in OUT/train (tools.make_tfrecords convert --landmarks), through a folder of links OUT/train_images.
-4. Validation: fold 7 (identities 351-400) of the official FP and FF pairs as OUT/fold7_FP.csv and OUT/fold7_FF.csv
-   over the aligned crops, each with a `fold` column of 10 identity-disjoint sub-folds (5 identities each; a pair
-   belongs to its first image's identity), so thresholds are chosen by 10-fold cross-validation inside the fold.
+3. Training set: identities 001-300 (folds 0-5), the detector-aligned faces (their 5 points and head pose from
+   tools.align) as TFRecords in OUT/train (tools.make_tfrecords convert --landmarks), through a folder of links
+   OUT/train_images.
+4. Validation and test: fold 6 (identities 301-350, where every setting is chosen) and fold 7 (identities 351-400,
+   read once per final row) of the official FP and FF pairs as OUT/fold{6,7}_{FP,FF}.csv over the aligned crops,
+   each with a `fold` column of 10 identity-disjoint sub-folds (5 identities each; a pair belongs to its first
+   image's identity), so thresholds are chosen by 10-fold cross-validation inside the fold.
 5. APRN's l_mean: experiments.aprn.mean_landmarks on OUT/train into OUT/mean_landmarks.json (faces with |yaw| <= 15
    degrees).
+6. The papers' conditions (experiments.real_faces.splits, seed 0): OUT/train_noisy20 and OUT/train_noisy40 (20% and
+   40% of the training images relabelled to another training identity, the clean label kept as `true_label`) and
+   OUT/train_longtail (half of the identities keep 2 images), with their lists LISTS/{noisy20,noisy40,longtail}.csv.
 Every step is skipped when its output exists, so the command resumes.
 """
 import argparse
@@ -31,10 +37,13 @@ from tfface.data.alignment import arcface_template, umeyama, warp_similarity
 from tfface.data.image_io import read_rgb, write_png_atomic
 from tfface.errors import ConfigError
 
-TRAIN_IDENTITIES = range(1, 351)
-FOLD = 7
-FOLD_IDENTITIES = range(351, 401)
+TRAIN_IDENTITIES = range(1, 301)  # folds 0-5
+VALIDATION_FOLD = 6  # identities 301-350: every setting is chosen here
+TEST_FOLD = 7  # identities 351-400: read once per final row
+FOLD_SIZE = 50  # identities per CFP fold: fold k holds 50k+1 .. 50k+50
 SUB_FOLDS = 10
+NOISE_PERCENTS = (20, 40)  # LATSE's condition: this share of the training images relabelled
+SPLIT_SEED = 0
 CROP_SIZE = (112, 112)
 # The 30 CFP fiducials follow one half of the face and its midline: 1-9 contour (9 the chin), 10-12 brow, 13-18 the
 # eye's contour, 19-23 the nose from its bridge down (22 its tip), 24-25 the nostril, 26 the mouth corner, 27-30 lips.
@@ -118,7 +127,7 @@ def identity(path: str) -> int:
 
 
 def training_set(aligned: Path, statuses: Dict[str, str], out: Path) -> None:
-    """TFRecords of the detector-aligned faces of identities 001-350, with their 5 points and pose."""
+    """TFRecords of the detector-aligned faces of identities 001-300, with their 5 points and pose."""
     records = out / "train"
     if (records / "train.json").is_file():
         return
@@ -147,22 +156,28 @@ def training_set(aligned: Path, statuses: Dict[str, str], out: Path) -> None:
         raise ConfigError(f"tools.make_tfrecords on {links} failed (exit {code})")
 
 
-def fold_pairs(cfp: Path, aligned: Path, out: Path) -> None:
-    """OUT/fold7_{FP,FF}.csv: fold 7's pairs over the aligned crops, 10 identity-disjoint sub-folds."""
+def fold_identities(fold: int) -> range:
+    """CFP fold k's identities: 50k+1 .. 50k+50."""
+    return range(FOLD_SIZE * fold + 1, FOLD_SIZE * (fold + 1) + 1)
+
+
+def fold_pairs(cfp: Path, aligned: Path, out: Path, fold: int) -> None:
+    """OUT/fold<fold>_{FP,FF}.csv: the fold's pairs over the aligned crops, 10 identity-disjoint sub-folds."""
     crops = os.path.relpath(aligned / f"{CROP_SIZE[0]}x{CROP_SIZE[1]}", out)
+    identities = fold_identities(fold)
     for protocol in ("FP", "FF"):
-        target = out / f"fold{FOLD}_{protocol}.csv"
+        target = out / f"fold{fold}_{protocol}.csv"
         if target.is_file():
             continue
         with open(cfp / f"pairs_{protocol}.csv", newline="") as handle:
-            rows = [row for row in csv.DictReader(handle) if int(row["fold"]) == FOLD]
+            rows = [row for row in csv.DictReader(handle) if int(row["fold"]) == fold]
         if len(rows) != 700:
-            raise ConfigError(f"{cfp / f'pairs_{protocol}.csv'}: fold {FOLD} has {len(rows)} pairs, expected 700")
+            raise ConfigError(f"{cfp / f'pairs_{protocol}.csv'}: fold {fold} has {len(rows)} pairs, expected 700")
         lines = ["path1,path2,issame,fold"]
         for row in rows:
             first, second = (Path(crops, Path(row[key]).relative_to("images")).with_suffix(".png").as_posix()
                              for key in ("path1", "path2"))
-            sub_fold = (identity(row["path1"]) - FOLD_IDENTITIES.start) * SUB_FOLDS // len(FOLD_IDENTITIES)
+            sub_fold = (identity(row["path1"]) - identities.start) * SUB_FOLDS // len(identities)
             lines.append(f"{first},{second},{row['issame']},{sub_fold}")
         atomic.write_text(target, "\n".join(lines) + "\n")
 
@@ -178,8 +193,22 @@ def mean_landmarks(out: Path) -> None:
         raise ConfigError(f"experiments.aprn.mean_landmarks on {out / 'train'} failed (exit {code})")
 
 
-def prepare(cfp: Path, out: Path, aligned: Optional[Path] = None) -> Dict:
-    """Runs steps 1-5 (each skipped when done); returns the alignment summary."""
+def condition_splits(out: Path, lists: Path) -> None:
+    """Step 6: the label-noise and long-tailed splits of OUT/train and their lists."""
+    from experiments.real_faces import splits
+
+    lists.mkdir(parents=True, exist_ok=True)
+    for percent in NOISE_PERCENTS:
+        if not (out / f"train_noisy{percent}" / "train.json").is_file():
+            splits.write_noisy(out / "train", out / f"train_noisy{percent}", lists / f"noisy{percent}.csv",
+                               percent / 100, SPLIT_SEED)
+    if not (out / "train_longtail" / "train.json").is_file():
+        splits.write_long_tail(out / "train", out / "train_longtail", lists / "longtail.csv", SPLIT_SEED)
+
+
+def prepare(cfp: Path, out: Path, aligned: Optional[Path] = None, lists: Optional[Path] = None) -> Dict:
+    """Runs steps 1-6 (each skipped when done); returns the alignment summary. `lists`: where step 6 writes the
+    noise and long-tail lists (default OUT)."""
     if not (cfp / "images").is_dir() or not (cfp / "fiducials30.csv").is_file():
         raise ConfigError(f"--cfp: {cfp} is not the CFP folder (images/, fiducials30.csv, pairs_FP.csv)")
     aligned = aligned or out / "aligned"
@@ -188,8 +217,10 @@ def prepare(cfp: Path, out: Path, aligned: Optional[Path] = None) -> Dict:
     statuses = read_report(aligned)
     summary = fallback_alignment(cfp, aligned, statuses, out / "alignment.json")
     training_set(aligned, statuses, out)
-    fold_pairs(cfp, aligned, out)
+    for fold in (VALIDATION_FOLD, TEST_FOLD):
+        fold_pairs(cfp, aligned, out, fold)
     mean_landmarks(out)
+    condition_splits(out, lists or out)
     return summary
 
 
@@ -199,13 +230,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--cfp", default="../shared/data/cfp", help="the CFP folder (default ../shared/data/cfp)")
     parser.add_argument("--out", default="data/cfp", help="output folder (default data/cfp)")
     parser.add_argument("--aligned", help="a tools.align output folder to use instead of OUT/aligned")
+    parser.add_argument("--lists", help="where the noise and long-tail lists go (default OUT)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        summary = prepare(Path(args.cfp), Path(args.out), Path(args.aligned) if args.aligned else None)
+        summary = prepare(Path(args.cfp), Path(args.out), Path(args.aligned) if args.aligned else None,
+                          Path(args.lists) if args.lists else None)
     except (ConfigError, OSError) as error:
         return cli.user_error(error)
     for view in ("frontal", "profile"):
