@@ -115,15 +115,15 @@ def read_image(path: Path, size: Tuple[int, int], header_only: bool = False) -> 
     is checked and None returned); another size is refused (ValueError naming the file and `--align`)."""
     try:
         with open_image(path, path) as image:
-            if image.size != (size[1], size[0]):
-                raise ValueError(f"{path} is {image.size[0]} x {image.size[1]} pixels but the model takes "
-                                 f"{size[1]} x {size[0]} (w x h): give --align to detect and align its face, or "
-                                 f"crops of that size")
-            return None if header_only else np.asarray(image.convert("RGB"), dtype=np.uint8)
+            width, height = image.size
+            fits = (height, width) == tuple(size)
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8) if fits and not header_only else None
     except UnreadableImageError as error:
         raise ValueError(f"cannot read image {path}: {error.reason}") from None
-    except OSError as error:
-        raise ValueError(f"cannot read image {path}: {error}") from None
+    if not fits:
+        raise ValueError(f"{path} is {width} x {height} pixels but the model takes {size[1]} x {size[0]} (w x h): "
+                         f"give --align to detect and align its face, or crops of that size")
+    return pixels
 
 
 def aligned_batch(aligner, paths: Sequence[Path]) -> Tuple[np.ndarray, List[Path], List[Path]]:
