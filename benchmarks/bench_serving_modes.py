@@ -10,7 +10,8 @@ rates: `embed_batch` on 64 random faces, SavedModel (TensorFlow) and model.tflit
 port (--max_concurrent for every mode; batching: --enable_batching with the parameters file; TFLite:
 --prefer_tflite_model with TF Serving's default pools), and benchmarks.bench_serving's load test runs --seconds per
 client count, each client sending one random face per call. Prints a Markdown table: images/s, p50 and p99 latency,
-the rate as a fraction of the bare batch-64 rate of the model served, failed calls.
+the rate as a fraction of the bare batch-64 rate of the model served, failed calls. The bare SavedModel and the
+servers run TensorFlow with oneDNN's CPU kernels (tfface.cli.prefer_onednn) unless TF_ENABLE_ONEDNN_OPTS is set.
 """
 import argparse
 import os
@@ -22,12 +23,14 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from tfface import cli
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+cli.prefer_onednn()  # as serving.server does, so that the bare rates run the kernels the servers run
 
 import numpy as np  # noqa: E402
 
 from benchmarks.bench_serving import benchmark  # noqa: E402
-from tfface import cli  # noqa: E402
 from tfface.embedders import (  # noqa: E402
     TFLITE_IN_SAVED_MODEL,
     SavedModelEmbedder,
@@ -129,7 +132,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                  args.max_concurrent)
     bare = result["bare"]
     print(f"\nbare batch {BARE_BATCH}: SavedModel {bare['SavedModel']:.1f} images/s, TFLite {bare['TFLite']:.1f} "
-          f"images/s\n")
+          f"images/s (TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, load average "
+          f"{os.getloadavg()[0]:.1f})\n")
     print("| model | batching | clients x 1 face | images/s | / bare batch-64 | p50 ms | p99 ms | failed calls |")
     print("|---|---|---|---|---|---|---|---|")
     for cell in result["cells"]:

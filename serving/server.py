@@ -44,7 +44,8 @@ from typing import Dict, List, Optional
 
 from tfface import cli  # noqa: E402
 
-cli.quiet_tensorflow()  # before TensorFlow's first import
+cli.prefer_onednn()  # before TensorFlow's first import
+cli.quiet_tensorflow()
 
 import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402

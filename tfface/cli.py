@@ -79,6 +79,16 @@ def quiet_tensorflow(argv: Optional[Sequence[str]] = None) -> None:
     tf.get_logger().setLevel("ERROR")
 
 
+def prefer_onednn() -> None:
+    """Call before the first `import tensorflow` in an inference process (the model server, its benchmarks): turns on
+    TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS=1) unless TF_ENABLE_ONEDNN_OPTS is set already (the user's
+    setting wins). TensorFlow enables them by itself only on CPUs with AVX-512 VNNI, BF16 or AMX; on the AVX2-only
+    development machine its default kernels ran the MobileFaceNet SavedModel at batch 64 at 28 images per
+    CPU-second, oneDNN's at 51 (answers equal to 2.5e-7). Does nothing once TensorFlow is imported."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
 def add_verbose_argument(parser) -> None:
     """The VERBOSE_FLAG option quiet_tensorflow reads (declared so that argparse accepts it)."""
     parser.add_argument(VERBOSE_FLAG, action="store_true",
