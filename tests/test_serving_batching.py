@@ -105,8 +105,9 @@ def wait_for(condition, seconds: float = 30) -> None:
         time.sleep(0.01)
 
 
-def test_a_call_that_makes_its_batch_ready_runs_it_on_its_own_thread_while_a_run_is_free():
-    batcher = Batcher(BatchingParameters(max_batch_size=4, num_batch_threads=1)).start()  # timeout 0: ready at once
+def gated_version():
+    """A FakeVersion whose runs record their thread's name and wait for the returned Event: (version, release,
+    thread names)."""
     version, release, threads = FakeVersion(), threading.Event(), []
     original_run = version.run
 
@@ -116,6 +117,12 @@ def test_a_call_that_makes_its_batch_ready_runs_it_on_its_own_thread_while_a_run
         return original_run(name, inputs)
 
     version.run = gated_run
+    return version, release, threads
+
+
+def test_a_call_that_makes_its_batch_ready_runs_it_on_its_own_thread_while_a_run_is_free():
+    batcher = Batcher(BatchingParameters(max_batch_size=4, num_batch_threads=1)).start()  # timeout 0: ready at once
+    version, release, threads = gated_version()
     try:
         with futures.ThreadPoolExecutor(2, thread_name_prefix="caller") as pool:
             call = functools.partial(batcher.run, "m", version, "s", {"x": np.ones((1, 3), "f4")}, 10.0)
@@ -132,15 +139,7 @@ def test_a_call_that_makes_its_batch_ready_runs_it_on_its_own_thread_while_a_run
 
 def test_the_call_opening_a_batch_waits_out_the_timeout_and_runs_it_itself_while_a_run_is_free():
     batcher = Batcher(BatchingParameters(max_batch_size=4, num_batch_threads=1, batch_timeout_micros=100_000)).start()
-    version, release, threads = FakeVersion(), threading.Event(), []
-    original_run = version.run
-
-    def gated_run(name, inputs):
-        threads.append(threading.current_thread().name)
-        release.wait(10)
-        return original_run(name, inputs)
-
-    version.run = gated_run
+    version, release, threads = gated_version()
     try:
         with futures.ThreadPoolExecutor(3, thread_name_prefix="caller") as pool:
             def call(value):
