@@ -603,17 +603,22 @@ def test_server_cli_serves_on_loopback_and_stops_on_sigterm(base_path):
     assert any("--rest_api_port 8501 ignored" in line for line in lines)
 
 
-@pytest.mark.parametrize("setting, enabled", [(None, "True"), ("0", "False")])
-def test_the_server_process_runs_onednn_kernels_unless_the_user_says_otherwise(setting, enabled):
+def test_the_server_process_runs_onednn_kernels():
     environment = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
-    if setting is not None:
-        environment["TF_ENABLE_ONEDNN_OPTS"] = setting
     probe = ("import serving.server, os; from tensorflow.python.util import _pywrap_util_port as port; "
              "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], port.IsMklEnabled())")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=environment, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=600)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [setting or "1", enabled]
+    assert result.stdout.split() == ["1", "True"]
+
+
+def test_prefer_onednn_leaves_the_users_setting():
+    probe = "from tfface import cli; import os; cli.prefer_onednn(); print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"]
 
 
 def test_server_cli_refuses_a_missing_base_path_and_a_busy_port(server, base_path, tmp_path, capsys):
