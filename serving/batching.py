@@ -32,10 +32,9 @@ Scheduling, per queue (one per model version, signature and per-example shapes/d
 batch if it fits within max_batch_size, else opens a new one; a queue holding max_enqueued_batches batches refuses
 the call with UNAVAILABLE (TF Serving's "queue is full"); a call larger than max_batch_size is INVALID_ARGUMENT. At
 most num_batch_threads batches run at once. A batch runs once it is full, a newer batch exists behind it, or its
-first call has waited batch_timeout_micros. It runs on a caller's thread while fewer than num_batch_threads batches
-run: the thread of the call that made it ready on arrival (it filled it, or batch_timeout_micros is 0), or that of
-the call that opened it, which waits out the timeout itself; this saves the call two thread hand-offs (a batch thread
-woken to wait, the answer handed back). Otherwise it runs on one of the num_batch_threads batch threads. A call whose deadline passes while its batch is still
+first call has waited batch_timeout_micros: on the thread of the call that made it ready on arrival (it filled it, or
+batch_timeout_micros is 0) while fewer than num_batch_threads batches run, which saves that call two thread
+hand-offs; else on one of the num_batch_threads batch threads. A call whose deadline passes while its batch is still
 queued leaves it and gets DEADLINE_EXCEEDED; the rest of the batch runs without it. A queue holds its version object,
 so calls that started on a version finish on it while a newer one is swapped in.
 """
@@ -156,7 +155,6 @@ class _Batch:
         self.size = 0
         self.opened = opened  # when its first call arrived (monotonic s)
         self.taken = False  # a batch thread runs it: its calls can no longer leave
-        self.opener: Optional[_Task] = None  # the call that opened it, while it waits to run it after the timeout
 
 
 class _Queue:
@@ -227,11 +225,9 @@ class Batcher:
         now = time.monotonic()
         task = _Task(inputs, size, now + time_remaining if time_remaining is not None else float("inf"))
         own = self._enqueue(key, task, lambda batch_inputs: loaded.run(signature_name, batch_inputs), now)
-        if own is None and task.batch.opener is task:
-            own = self._wait_to_run_own_batch(key, task)
         if own is not None:
             self._run_batch(*own)
-        if task.done.wait(None if time_remaining is None else max(0.0, task.deadline - time.monotonic())):
+        if task.done.wait(None if time_remaining is None else max(0.0, time_remaining)):
             return self._result(task)
         with self._condition:
             if not task.batch.taken:
@@ -239,23 +235,6 @@ class Batcher:
                 raise _deadline_exceeded(time.monotonic() - now)
         task.done.wait()  # already running: its answer comes with the rest of the batch
         return self._result(task)
-
-    def _wait_to_run_own_batch(self, key: tuple, task: _Task) -> Optional[Tuple[_Queue, _Batch]]:
-        """The opener of a batch waits on its own thread until the batch's timeout (or its own deadline) and then
-        takes the batch to run it here, if it is still queued first and a run is free; else leaves it to the batch
-        threads. Returns (queue, batch) to run, or None."""
-        batch = task.batch
-        due = batch.opened + self._timeout
-        task.done.wait(max(0.0, min(due, task.deadline) - time.monotonic()))
-        with self._condition:
-            batch.opener = None  # from now on the batch threads may take it
-            queue = self._queues.get(key)
-            if (not batch.taken and queue is not None and queue.batches[0] is batch and time.monotonic() >= due
-                    and self._running < self.parameters.num_batch_threads):
-                return self._take(key, queue, batch)
-            if not batch.taken:
-                self._condition.notify()
-            return None
 
     @staticmethod
     def _result(task: _Task) -> Arrays:
@@ -289,9 +268,7 @@ class Batcher:
             if (self._running < self.parameters.num_batch_threads and last is queue.batches[0]
                     and (full or now >= last.opened + self._timeout)):
                 return self._take(key, queue, last)
-            if opened and not full and self._timeout > 0 and last is queue.batches[0]:
-                last.opener = task  # it waits for the timeout itself: no batch thread needs waking
-            elif opened or full:
+            if opened or full:
                 self._condition.notify()  # a batch may run sooner; joining an open batch changes nothing
             return None
 
@@ -314,11 +291,10 @@ class Batcher:
         for key, queue in self._queues.items():
             first = queue.batches[0]
             due = first.opened + self._timeout
-            if first.size >= self.parameters.max_batch_size or len(queue.batches) > 1 or (
-                    due <= now and first.opener is None):
+            if first.size >= self.parameters.max_batch_size or len(queue.batches) > 1 or due <= now:
                 if ready is None or first.opened < ready[2].opened:
                     ready = (key, queue, first)
-            elif first.opener is None:
+            else:
                 wait = due - now if wait is None else min(wait, due - now)
         if ready is None:
             return None, wait

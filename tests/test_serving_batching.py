@@ -137,27 +137,6 @@ def test_a_call_that_makes_its_batch_ready_runs_it_on_its_own_thread_while_a_run
         batcher.stop()
 
 
-def test_the_call_opening_a_batch_waits_out_the_timeout_and_runs_it_itself_while_a_run_is_free():
-    batcher = Batcher(BatchingParameters(max_batch_size=4, num_batch_threads=1, batch_timeout_micros=100_000)).start()
-    version, release, threads = gated_version()
-    try:
-        with futures.ThreadPoolExecutor(3, thread_name_prefix="caller") as pool:
-            def call(value):
-                return batcher.run("m", version, "s", {"x": np.full((1, 3), value, "f4")}, 10.0)
-
-            merged = [pool.submit(call, 1.0), pool.submit(call, 2.0)]  # one batch, run by its opener's thread
-            wait_for(lambda: threads)
-            later = pool.submit(call, 3.0)  # opens the next batch; the only run is busy when its timeout passes
-            time.sleep(0.3)
-            assert len(threads) == 1
-            release.set()
-            assert [future.result()["y"].tolist() for future in merged + [later]] == [[[v] * 3] for v in (2, 4, 6)]
-        assert version.sizes == [2, 1]
-        assert threads[0].startswith("caller") and threads[1] == "batch_threads-0"
-    finally:
-        batcher.stop()
-
-
 def test_a_full_queue_is_unavailable_and_different_shapes_are_never_merged():
     batcher = Batcher(BatchingParameters(max_batch_size=4, max_enqueued_batches=1, num_batch_threads=1,
                                          batch_timeout_micros=200_000)).start()
