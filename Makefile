@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m tools.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_train

@@ -23,8 +23,9 @@ def grid_file(tmp_path_factory):
         "backbone": {"name": "tiny", "options": {"embedding_size": 8, "width": 4}},
         "head": {"name": "softmax"},
         "data": {"train": str(data), "shuffle_buffer": 16, "flip": False},
+        # one replica: the grid runner is under test here, not MirroredStrategy (conftest's two CPU devices)
         "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4, "checkpoint_every_epoch": False,
-                  "verbose": 2},
+                  "verbose": 2, "strategy": "default"},
         "regularizers": [{"name": "exclusive", "weight": 1.0}],
     }
     (root / "base.yaml").write_text(yaml.safe_dump(base))

@@ -120,7 +120,7 @@ def test_combined_run_trains_finite_and_exports_the_baseline_variables(synth_dat
 
 def test_combined_run_trains_on_another_head_switched_from_the_command_line(synth_data, teacher, tmp_path):
     """SphereFace (multiplicative angular margin, ArcFace's options cleared): one step, every loss finite."""
-    head = ["head.name=sphereface", "head.options={}", "head.options.margin=4"]
+    head = ["head.name=sphereface", "head.options={}", "head.options.margin=4", "train.strategy=default"]
     config = shrunk(synth_data, tmp_path / "run", teacher, head)
     assert config["head"].to_dict() == {"name": "sphereface", "options": {"margin": 4}}
     history = train(config).history

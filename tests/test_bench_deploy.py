@@ -2,6 +2,8 @@
 numbers are measurements, not checked here)."""
 import re
 
+import pytest
+
 from benchmarks.bench_deploy import main as bench_deploy
 from benchmarks.bench_evaluate import main as bench_evaluate
 from tfface.export import export_run
@@ -13,8 +15,16 @@ def table_rows(text: str):
     return [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("|") and "---" not in line]
 
 
-def test_bench_evaluate_prints_both_rates(tmp_path, capsys):
-    model = export_run(write_tiny_run(tmp_path / "run"), tmp_path / "models" / "tiny" / "1")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(run dir, its SavedModel): one tiny run, exported once, that both benchmarks only read."""
+    folder = tmp_path_factory.mktemp("bench_deploy")
+    run = write_tiny_run(folder / "run")
+    return run, export_run(run, folder / "models" / "tiny" / "1")
+
+
+def test_bench_evaluate_prints_both_rates(tiny_run, capsys):
+    model = tiny_run[1]
     assert bench_evaluate(["--model", str(model), "--images", "10", "--batch", "4", "--repeats", "1"]) == 0
     header, row = table_rows(capsys.readouterr().out)
     assert header[2].strip() == "bare forward" and header[3].strip() == "end to end"
@@ -25,11 +35,10 @@ def test_bench_evaluate_prints_both_rates(tmp_path, capsys):
     assert float(row[4]) > 0
 
 
-def test_bench_deploy_prints_a_row_per_model(tmp_path, capsys):
+def test_bench_deploy_prints_a_row_per_model(tiny_run, tmp_path, capsys):
     from tfface.deploy import export_file
 
-    run = write_tiny_run(tmp_path / "run")
-    saved_model = export_run(run, tmp_path / "models" / "tiny" / "1")
+    run, saved_model = tiny_run
     export_file(run, tmp_path / "tiny.onnx", "onnx")
     assert bench_deploy([str(saved_model), str(tmp_path / "tiny.onnx"), "--runs", "3"]) == 0
     header, *rows = table_rows(capsys.readouterr().out)

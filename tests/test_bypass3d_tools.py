@@ -59,7 +59,7 @@ def synth_like(tmp_path_factory) -> Path:
 def run_dir(synth_like, tmp_path_factory) -> Path:
     work_dir = tmp_path_factory.mktemp("bypass_run") / "run"
     assert train_main(["--config", str(TINY_CONFIG), "--set", f"data.train={synth_like}",
-                       "--set", f"work_dir={work_dir}"]) == 0
+                       "--set", f"work_dir={work_dir}", "--set", "train.strategy=default"]) == 0
     return work_dir
 
 
