@@ -181,6 +181,26 @@ def test_frozen_backbone_is_not_updated_and_runs_batchnorm_in_inference_mode():
         make_trainer(frozen=("neck",))
 
 
+def test_frozen_batch_norm_keeps_statistics_and_scale_while_the_rest_trains():
+    """freeze: [batch_norm] (a fine-tuning choice): every batch norm keeps its moving statistics (inference mode: a
+    training-mode step would move them towards the batch's) and its gamma/beta; convolutions and the head train."""
+    trainer = make_trainer(frozen=("batch_norm",))
+    norms = [layer for layer in trainer.backbone._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms
+    norm_ids = {id(v) for layer in norms for v in layer.weights}
+    before = {id(v): v.numpy().copy() for v in trainer.backbone.weights}
+    head_before = [v.numpy().copy() for v in trainer.head.trainable_variables]
+    one_step(trainer, make_batch())
+    for value in trainer.backbone.weights:
+        if id(value) in norm_ids:
+            np.testing.assert_array_equal(value.numpy(), before[id(value)])
+    assert any(not np.allclose(value.numpy(), before[id(value)])
+               for value in trainer.backbone.weights if id(value) not in norm_ids)
+    assert any(not np.allclose(v.numpy(), b) for v, b in zip(trainer.head.trainable_variables, head_before))
+    trainer.set_stage()  # the next stage trains them again
+    assert all(layer.trainable for layer in norms)
+
+
 def test_mirrored_step_equals_single_device_step():
     """Two replicas on a global batch of 8 give the weights of one device on the same 8 (sync BN)."""
     batch = make_batch()

@@ -89,7 +89,8 @@ class FaceTrainer(keras.Model):
     ) -> None:
         """Sets what the next `fit` trains (a stage of a schedule such as 3D-BERL's FR / aux / joint).
 
-        frozen: parts ("backbone", "head") the main optimizer leaves alone, batch normalization in inference mode;
+        frozen: parts ("backbone", "head", "batch_norm": the backbone's batch normalization layers) the main
+        optimizer leaves alone, batch normalization in a frozen part in inference mode (its statistics kept);
         identity_loss: whether the head's classification loss counts; plugins: names of the regularizers and
         branches whose losses, adversary phases and hooks run (None: all). Rebuilds the step function.
         """
@@ -103,8 +104,11 @@ class FaceTrainer(keras.Model):
             raise ValueError(
                 f"train.stages: unknown plug-in(s) {', '.join(sorted(unknown))}; configured: {', '.join(sorted(known))}"
             )
-        for part in FREEZABLE_PARTS:
-            getattr(self, part).trainable = part not in frozen
+        self.backbone.trainable = "backbone" not in frozen
+        self.head.trainable = "head" not in frozen
+        for layer in self.backbone._flatten_layers():  # set alone: the backbone's flag reaches them only on a change
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = not {"backbone", "batch_norm"} & set(frozen)
         self.frozen = tuple(frozen)
         self.identity_loss_enabled = bool(identity_loss)
         self.active_plugins = active
