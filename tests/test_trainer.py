@@ -20,11 +20,11 @@ def make_batch(size=8, seed=0):
     }
 
 
-def make_trainer(regularizers=(), branches=(), gate=None, sync_batchnorm=False, head="softmax", frozen=()):
+def make_trainer(regularizers=(), branches=(), gate=None, sync_batchnorm=False, head="softmax", frozen=(), **options):
     backbone = backbones.get_backbone("tiny", input_shape=INPUT_SHAPE, embedding_size=6, sync_batchnorm=sync_batchnorm)
     trainer = FaceTrainer(
         backbone, heads.get_head(head, NUM_CLASSES), regularizers=regularizers, branches=branches, gate=gate,
-        frozen=frozen,
+        frozen=frozen, **options,
     )
     trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1, momentum=0.9))
     trainer.build_all(INPUT_SHAPE)
@@ -199,6 +199,23 @@ def test_frozen_batch_norm_keeps_statistics_and_scale_while_the_rest_trains():
     assert any(not np.allclose(v.numpy(), b) for v, b in zip(trainer.head.trainable_variables, head_before))
     trainer.set_stage()  # the next stage trains them again
     assert all(layer.trainable for layer in norms)
+
+
+def test_learning_rate_multipliers_scale_each_parts_step():
+    """SGD's first step moves w by -lr g (empty momentum); with factors the backbone moves by -lr 0.1 g and the head
+    by -lr 3 g, from the same weights and batch."""
+    batch = make_batch()
+    plain = make_trainer()
+    scaled = make_trainer(learning_rate_multipliers={"backbone": 0.1, "head": 3.0})
+    scaled.set_weights(plain.get_weights())
+    parts = {"backbone": 0.1, "head": 3.0}
+    before = {part: [v.numpy().copy() for v in getattr(plain, part).trainable_variables] for part in parts}
+    one_step(plain, batch)
+    one_step(scaled, batch)
+    for part, factor in parts.items():
+        for old, new_plain, new_scaled in zip(before[part], getattr(plain, part).trainable_variables,
+                                              getattr(scaled, part).trainable_variables):
+            np.testing.assert_allclose(new_scaled.numpy() - old, factor * (new_plain.numpy() - old), atol=1e-6)
 
 
 def test_mirrored_step_equals_single_device_step():
