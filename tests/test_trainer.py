@@ -185,7 +185,8 @@ def test_frozen_batch_norm_keeps_statistics_and_scale_while_the_rest_trains():
     """freeze: [batch_norm] (a fine-tuning choice): every batch norm keeps its moving statistics (inference mode: a
     training-mode step would move them towards the batch's) and its gamma/beta; convolutions and the head train."""
     trainer = make_trainer(frozen=("batch_norm",))
-    norms = [layer for layer in trainer.backbone._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in trainer.backbone._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms
     norm_ids = {id(v) for layer in norms for v in layer.weights}
     before = {id(v): v.numpy().copy() for v in trainer.backbone.weights}

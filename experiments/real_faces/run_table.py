@@ -42,7 +42,8 @@ GRIDS = {"validation": "experiments/real_faces/grid_recipe_validation.yaml",
 BENCHMARKS = {"cfp_fp_fold6": str(DATA / "fold6_FP.csv"), "cfp_ff_fold6": str(DATA / "fold6_FF.csv"),
               "cfp_fp_fold7": str(DATA / "fold7_FP.csv"), "cfp_ff_fold7": str(DATA / "fold7_FF.csv")}
 VALIDATION = ("cfp_fp_fold6", "cfp_ff_fold6")
-REFERENCE_CANDIDATE = "finetune_2ep"  # the first round's choice; the second round's candidates each change one thing
+# the first round's choice; each candidate of the second round changes one thing of it
+REFERENCE_CANDIDATE = "finetune_2ep"
 TEST = ("cfp_fp_fold7", "cfp_ff_fold7")
 NOISY_SPLITS = ("noisy20", "noisy40")
 

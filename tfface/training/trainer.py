@@ -25,8 +25,8 @@ class FaceTrainer(keras.Model):
     """backbone: keras.Model image -> {"stem".."stage4", "embedding"}; head: MarginHead; plug-ins optional.
 
     `frozen` names parts ("backbone", "head", "batch_norm") whose variables the main optimizer leaves alone;
-    their batch normalization runs in inference mode. `learning_rate_multipliers` ({"backbone": 0.1}) multiplies a part's
-    gradients before the main optimizer (for SGD: its rate; decoupled weight decay unchanged).
+    their batch normalization runs in inference mode. `learning_rate_multipliers` ({"backbone": 0.1}) multiplies a
+    part's gradients before the main optimizer (for SGD: its rate; decoupled weight decay unchanged).
     `count_skipped_records` logs the sum of the batches' "skipped_records" per epoch (the pipeline's count of bad
     records left out).
 
