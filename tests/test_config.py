@@ -8,7 +8,7 @@ import pytest
 
 from tfface import backbones, heads
 from tfface.errors import ConfigError
-from tfface.builder import build_optimizer, build_schedule
+from tfface.builder import build_optimizer, build_schedule, build_trainer
 from tfface.training.config import DEFAULTS, OptimizerConfig, ScheduleConfig, load_config, parse_override
 from tfface.training.plugins import LossWeight
 
@@ -106,6 +106,20 @@ def test_optimizers_from_config():
     assert type(adamw).__name__ == "AdamW" and adamw.weight_decay == 0.01
     with pytest.raises(ConfigError, match="optimizer.name: unknown optimizer 'lamb'"):
         build_optimizer(OptimizerConfig(name="lamb"), 0.1)
+
+
+def test_learning_rate_multipliers_are_checked_per_part():
+    config = load_config(None, ["optimizer.learning_rate_multipliers={backbone: 0.1}"])
+    assert config.optimizer.learning_rate_multipliers == {"backbone": 0.1}
+    with pytest.raises(ConfigError, match=r"optimizer.learning_rate_multipliers: .* not allowed \(expected a map from "
+                                          r"backbone, head"):
+        load_config(None, ["optimizer.learning_rate_multipliers={neck: 0.1}"])
+    with pytest.raises(ConfigError, match="optimizer.learning_rate_multipliers: .* not allowed"):
+        load_config(None, ["optimizer.learning_rate_multipliers={head: -1}"])
+    adam = load_config(None, ["optimizer.name=adam", "optimizer.learning_rate_multipliers={backbone: 0.1}",
+                              "backbone.name=tiny"])
+    with pytest.raises(ConfigError, match="optimizer.learning_rate_multipliers: only with sgd"):
+        build_trainer(adam, num_classes=4, steps_per_epoch=1, input_shape=(16, 16, 3))
 
 
 @pytest.mark.parametrize("path", sorted(p for p in SHIPPED if not p.name.startswith("_")), ids=str)

@@ -145,10 +145,13 @@ def test_finished_runs_and_the_study_table(tmp_path, monkeypatch):
         (folder / "result.json").write_text(json.dumps(result(seed, **accuracies)))
 
     names = [*run_table.VALIDATION, *run_table.TEST]
-    grids = {"validation": grid("validation", ["a", "b"], [0], run_table.VALIDATION),
+    grids = {"validation": grid("validation", ["a", "b", "finetune_2ep", "c"], [0, 1], run_table.VALIDATION),
              "recipe": grid("recipe", ["finetune"], [1, 2], names),
              "methods": grid("methods", ["baseline", "aprn", "'baseline@noisy20'", "'latse@noisy20'"], [1, 2], names)}
     finish("validation", "a", 0, cfp_fp_fold6=0.9, cfp_ff_fold6=0.99)
+    for seed, fp in ((0, 0.91), (1, 0.90)):  # c against the reference finetune_2ep: +2 and +3 points (paired SE 0.5)
+        finish("validation", "finetune_2ep", seed, cfp_fp_fold6=fp, cfp_ff_fold6=0.99)
+        finish("validation", "c", seed, cfp_fp_fold6=fp + 0.02 + 0.01 * seed, cfp_ff_fold6=0.99)
     for seed, fp in ((1, 0.90), (2, 0.92)):
         finish("recipe", "finetune", seed, **dict.fromkeys(names, fp))
         finish("methods", "baseline", seed, **dict.fromkeys(names, fp))
@@ -156,7 +159,7 @@ def test_finished_runs_and_the_study_table(tmp_path, monkeypatch):
         finish("methods", "latse@noisy20", seed, **dict.fromkeys(names, fp))
     as_is = {"imported": dict.fromkeys(names, {"accuracy_mean": 0.88})}
     study = run_table.study(as_is, grids, {})
-    assert list(study["validation"]) == ["a"]
+    assert list(study["validation"]) == ["a", "finetune_2ep", "c"]
     recipe = study["recipe"]["finetune"]["benchmarks"]["cfp_fp_fold7"]
     assert recipe["mean"] == pytest.approx(91) and recipe["vs_imported"]["mean"] == pytest.approx(3)
     assert recipe["se"] == pytest.approx(1.0)
@@ -167,6 +170,9 @@ def test_finished_runs_and_the_study_table(tmp_path, monkeypatch):
     assert latse["paired_with"] == "baseline@noisy20" and "vs_baseline" not in latse["benchmarks"]["cfp_fp_fold7"]
     text = run_table.markdown(study)
     assert "| candidate `a` | 0 | 90.00 | 99.00 | - | - | 2.0 min |" in text
+    assert ("| candidate `c` | 0, 1 | 93.00 +- 0.00 (93.00, 93.00); +2.50 +- 0.50 vs `finetune_2ep` | "
+            "99.00 +- 0.00 (99.00, 99.00); +0.00 +- 0.00 vs `finetune_2ep` | - | - |") in text
+    assert "| candidate `finetune_2ep` | 0, 1 | 90.50 +- 0.50 (91.00, 90.00) | " in text
     assert "| `finetune` vs imported | | +3.00 +- 1.00 |" in text
     assert "| aprn | baseline | 1, 2 | 91.00, 94.00 | 92.50 +- 1.50 | +1.50 +- 0.50 | holds |" in text
 

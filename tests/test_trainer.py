@@ -20,11 +20,11 @@ def make_batch(size=8, seed=0):
     }
 
 
-def make_trainer(regularizers=(), branches=(), gate=None, sync_batchnorm=False, head="softmax", frozen=()):
+def make_trainer(regularizers=(), branches=(), gate=None, sync_batchnorm=False, head="softmax", frozen=(), **options):
     backbone = backbones.get_backbone("tiny", input_shape=INPUT_SHAPE, embedding_size=6, sync_batchnorm=sync_batchnorm)
     trainer = FaceTrainer(
         backbone, heads.get_head(head, NUM_CLASSES), regularizers=regularizers, branches=branches, gate=gate,
-        frozen=frozen,
+        frozen=frozen, **options,
     )
     trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1, momentum=0.9))
     trainer.build_all(INPUT_SHAPE)
@@ -179,6 +179,44 @@ def test_frozen_backbone_is_not_updated_and_runs_batchnorm_in_inference_mode():
         np.testing.assert_array_equal(value.numpy(), old)
     with pytest.raises(ValueError, match="train.freeze: unknown part 'neck'"):
         make_trainer(frozen=("neck",))
+
+
+def test_frozen_batch_norm_keeps_statistics_and_scale_while_the_rest_trains():
+    """freeze: [batch_norm] (a fine-tuning choice): every batch norm keeps its moving statistics (inference mode: a
+    training-mode step would move them towards the batch's) and its gamma/beta; convolutions and the head train."""
+    trainer = make_trainer(frozen=("batch_norm",))
+    norms = [layer for layer in trainer.backbone._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms
+    norm_ids = {id(v) for layer in norms for v in layer.weights}
+    before = {id(v): v.numpy().copy() for v in trainer.backbone.weights}
+    head_before = [v.numpy().copy() for v in trainer.head.trainable_variables]
+    one_step(trainer, make_batch())
+    for value in trainer.backbone.weights:
+        if id(value) in norm_ids:
+            np.testing.assert_array_equal(value.numpy(), before[id(value)])
+    assert any(not np.allclose(value.numpy(), before[id(value)])
+               for value in trainer.backbone.weights if id(value) not in norm_ids)
+    assert any(not np.allclose(v.numpy(), b) for v, b in zip(trainer.head.trainable_variables, head_before))
+    trainer.set_stage()  # the next stage trains them again
+    assert all(layer.trainable for layer in norms)
+
+
+def test_learning_rate_multipliers_scale_each_parts_step():
+    """SGD's first step moves w by -lr g (empty momentum); with factors the backbone moves by -lr 0.1 g and the head
+    by -lr 3 g, from the same weights and batch."""
+    batch = make_batch()
+    plain = make_trainer()
+    scaled = make_trainer(learning_rate_multipliers={"backbone": 0.1, "head": 3.0})
+    scaled.set_weights(plain.get_weights())
+    parts = {"backbone": 0.1, "head": 3.0}
+    before = {part: [v.numpy().copy() for v in getattr(plain, part).trainable_variables] for part in parts}
+    one_step(plain, batch)
+    one_step(scaled, batch)
+    for part, factor in parts.items():
+        for old, new_plain, new_scaled in zip(before[part], getattr(plain, part).trainable_variables,
+                                              getattr(scaled, part).trainable_variables):
+            np.testing.assert_allclose(new_scaled.numpy() - old, factor * (new_plain.numpy() - old), atol=1e-6)
 
 
 def test_mirrored_step_equals_single_device_step():

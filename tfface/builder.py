@@ -165,9 +165,13 @@ def _build_trainer(config: RunConfig, num_classes: int, steps_per_epoch: int, in
         if unknown:
             raise ConfigError(f"gate: unknown key(s) {', '.join(sorted(unknown))} for '{gate_spec['name']}'")
         gate = GATES.build(gate_spec["name"], **gate_spec.get("options", {}))
+    multipliers = config.optimizer.learning_rate_multipliers
+    if multipliers and config.optimizer.name != "sgd":
+        raise ConfigError(f"optimizer.learning_rate_multipliers: only with sgd ({config.optimizer.name} normalises the "
+                          "gradient's scale away)")
     trainer = FaceTrainer(
         backbone, head, regularizers=regularizers, branches=branches, gate=gate, frozen=config.train.freeze,
-        count_skipped_records=config.data.on_bad_record == "skip",
+        count_skipped_records=config.data.on_bad_record == "skip", learning_rate_multipliers=multipliers,
     )
     schedule = build_schedule(config.schedule, steps_per_epoch, config.train.epochs)
     trainer.compile(optimizer=wrap_optimizer(build_optimizer(config.optimizer, schedule), precision))
@@ -186,7 +190,7 @@ def _branch_optimizer(spec, key: str, precision: str) -> Optional[keras.optimize
     options = {"weight_decay": 0.0, **optimizer_spec}
     learning_rate = check.number(0.0, check.MAX_LEARNING_RATE, low_open=True)(
         f"{key}.optimizer.learning_rate", options.pop("learning_rate", 1e-3))
-    unknown = set(options) - set(DEFAULTS["optimizer"])
+    unknown = set(options) - set(DEFAULTS["optimizer"]) | {"learning_rate_multipliers"} & set(options)
     if unknown:
         raise ConfigError(f"{key}.optimizer: unknown key(s) {', '.join(sorted(unknown))}")
     spec = OptimizerConfig.from_dict(options, prefix=f"{key}.optimizer.")

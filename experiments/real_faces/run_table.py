@@ -42,6 +42,8 @@ GRIDS = {"validation": "experiments/real_faces/grid_recipe_validation.yaml",
 BENCHMARKS = {"cfp_fp_fold6": str(DATA / "fold6_FP.csv"), "cfp_ff_fold6": str(DATA / "fold6_FF.csv"),
               "cfp_fp_fold7": str(DATA / "fold7_FP.csv"), "cfp_ff_fold7": str(DATA / "fold7_FF.csv")}
 VALIDATION = ("cfp_fp_fold6", "cfp_ff_fold6")
+# the first round's choice; each candidate of the second round changes one thing of it
+REFERENCE_CANDIDATE = "finetune_2ep"
 TEST = ("cfp_fp_fold7", "cfp_ff_fold7")
 NOISY_SPLITS = ("noisy20", "noisy40")
 
@@ -240,8 +242,10 @@ def study(as_is: Dict, grids: Dict[str, Path], gates: Dict[str, Dict]) -> Dict:
     def finished(name):
         return finished_runs(grids[name]) if name in grids else {}
 
-    for cell, runs in finished("validation").items():
-        result["validation"][cell] = row_summary(runs, VALIDATION)
+    candidates = finished("validation")
+    for cell, runs in candidates.items():  # each paired with the first round's choice on the seeds both have
+        reference = None if cell == REFERENCE_CANDIDATE else candidates.get(REFERENCE_CANDIDATE)
+        result["validation"][cell] = row_summary(runs, VALIDATION, reference)
     for cell, runs in finished("recipe").items():
         row = row_summary(runs, [*VALIDATION, *TEST])
         for name, entry in row["benchmarks"].items():  # the imported network is deterministic: minus a constant
@@ -274,7 +278,13 @@ def markdown(result: Dict) -> str:
         lines.append(f"| {label}, as is | - | " + " | ".join(f"{values.get(name, float('nan')):.2f}"
                                                           for name in (*VALIDATION, *TEST)) + " | - |")
     for cell, row in result["validation"].items():
-        cells = [f"{row['benchmarks'][name]['mean']:.2f}" for name in VALIDATION]
+        cells = []
+        for name in VALIDATION:
+            entry = row["benchmarks"][name]
+            per_seed = ", ".join(f"{value:.2f}" for value in entry["per_seed"].values())
+            paired = (f"; {_value(entry['vs_baseline'], signed=True)} vs `{REFERENCE_CANDIDATE}`"
+                      if "vs_baseline" in entry else "")
+            cells.append(f"{_value(entry)} ({per_seed}){paired}" if len(entry["per_seed"]) > 1 else _value(entry))
         lines.append(f"| candidate `{cell}` | {', '.join(map(str, row['seeds']))} | {' | '.join(cells)} | - | - "
                      f"| {row['train_seconds'] / 60:.1f} min |")
     for cell, row in result["recipe"].items():

@@ -27,6 +27,7 @@ from tfface.training.strategy import STRATEGIES
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("piecewise", "cosine", "polynomial", "constant")
 BAD_RECORD_ACTIONS = ("error", "skip")
+RATE_PARTS = ("backbone", "head")
 
 
 @dataclass
@@ -88,6 +89,8 @@ class OptimizerConfig(check.Section):
     beta_2: float = check.field(0.999, check.number(0.0, 1.0, high_open=True))
     epsilon: float = check.field(1e-7, check.number(0.0, 1.0, low_open=True))
     clipnorm: Optional[float] = check.field(None, check.optional(check.number(0.0, 1e6, low_open=True)))
+    # per-part rates, {backbone: 0.1} (sgd): the part's gradients times the factor, i.e. its rate times the factor
+    learning_rate_multipliers: Dict[str, float] = check.field({}, check.factors_for(RATE_PARTS, 0.0, 1e3))
 
 
 @dataclass
@@ -141,7 +144,8 @@ class RunConfig(check.Section):
 DEFAULTS: Dict[str, Any] = RunConfig().to_dict()
 
 # Keys whose values are free-form maps or lists of maps checked by the code that consumes them.
-OPEN_KEYS = {"backbone.options", "head.options", "regularizers", "branches", "gate"}
+OPEN_KEYS = {"backbone.options", "head.options", "regularizers", "branches", "gate",
+             "optimizer.learning_rate_multipliers"}
 
 # Plug-in lists. Every entry (and the gate) takes `enabled: false` to leave it out of the run, so one config can hold
 # every method and the command line switches each off: `--set branches.aprn.enabled=false --set gate.enabled=false`

@@ -130,6 +130,15 @@ def names_from(allowed: Sequence[str]) -> Check:
                       lambda value: isinstance(value, list) and all(v in allowed for v in value))
 
 
+def factors_for(parts: Sequence[str], low: float, high: float) -> Check:
+    """A map {part: factor} over some of `parts`, each factor a finite number in (low, high], returned as floats."""
+    factor = number(low, high, low_open=True)
+    return Check(f"a map from {', '.join(parts)} to finite numbers > {low:g} and <= {high:g}",
+                 lambda value: isinstance(value, dict)
+                 and all(k in parts and factor.accepts(v) for k, v in value.items()),
+                 lambda value: {k: float(v) for k, v in value.items()})
+
+
 def optional(check: Check) -> Check:
     return Check(f"{check.allowed}, or null", lambda value: value is None or check.accepts(value),
                       lambda value: None if value is None else check.convert(value))

@@ -1,7 +1,8 @@
 """`train.stages`: a run trained in stages one after the other (3D-BERL's FR-only, aux-only, joint), owned here: its
 entries are parsed and checked (config), planned as epoch ranges, and checked against the trainer's plug-ins.
 
-A stage: epochs (required, >= 1), name, freeze (parts the main optimizer leaves alone, default none),
+A stage: epochs (required, >= 1), name, freeze (parts the main optimizer leaves alone, default none: "backbone",
+"head", or "batch_norm", the backbone's batch normalization only: statistics and scale/offset kept, inference mode),
 identity_loss (default true), plugins (names of the regularizers and branches that run, default all).
 `train.epochs` becomes the stages' sum; `FaceTrainer.set_stage(**stage.arguments())` applies one.
 """
@@ -11,7 +12,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from tfface.errors import ConfigError
 from tfface.training import fields as check
 
-FREEZABLE_PARTS = ("backbone", "head")
+FREEZABLE_PARTS = ("backbone", "head", "batch_norm")
 
 
 @dataclasses.dataclass

@@ -24,9 +24,11 @@ from tfface.training.stages import FREEZABLE_PARTS
 class FaceTrainer(keras.Model):
     """backbone: keras.Model image -> {"stem".."stage4", "embedding"}; head: MarginHead; plug-ins optional.
 
-    `frozen` names parts ("backbone", "head") whose variables the main optimizer leaves alone; their batch
-    normalization runs in inference mode. `count_skipped_records` logs the sum of the batches' "skipped_records"
-    per epoch (the pipeline's count of bad records left out).
+    `frozen` names parts ("backbone", "head", "batch_norm") whose variables the main optimizer leaves alone;
+    their batch normalization runs in inference mode. `learning_rate_multipliers` ({"backbone": 0.1}) multiplies a
+    part's gradients before the main optimizer (for SGD: its rate; decoupled weight decay unchanged).
+    `count_skipped_records` logs the sum of the batches' "skipped_records" per epoch (the pipeline's count of bad
+    records left out).
 
     A head whose logits cover a subset of the classes (Partial FC) also outputs "targets" [N], the label column in
     its logits; a head with `sharded_variables` (one shard per replica, never all-reduced) updates them itself
@@ -43,6 +45,7 @@ class FaceTrainer(keras.Model):
         gate: Optional[Gate] = None,
         frozen: Iterable[str] = (),
         count_skipped_records: bool = False,
+        learning_rate_multipliers: Optional[Dict[str, float]] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -51,6 +54,7 @@ class FaceTrainer(keras.Model):
         self.regularizers = list(regularizers)
         self.branches = list(branches)
         self.gate = gate
+        self.learning_rate_multipliers = dict(learning_rate_multipliers or {})
         self.identity_loss_enabled = True
         self.active_plugins = {plugin.name for plugin in self.plugins}
         self.set_stage(frozen=frozen)
@@ -89,7 +93,8 @@ class FaceTrainer(keras.Model):
     ) -> None:
         """Sets what the next `fit` trains (a stage of a schedule such as 3D-BERL's FR / aux / joint).
 
-        frozen: parts ("backbone", "head") the main optimizer leaves alone, batch normalization in inference mode;
+        frozen: parts ("backbone", "head", "batch_norm": the backbone's batch normalization layers) the main
+        optimizer leaves alone, batch normalization in a frozen part in inference mode (its statistics kept);
         identity_loss: whether the head's classification loss counts; plugins: names of the regularizers and
         branches whose losses, adversary phases and hooks run (None: all). Rebuilds the step function.
         """
@@ -103,8 +108,11 @@ class FaceTrainer(keras.Model):
             raise ValueError(
                 f"train.stages: unknown plug-in(s) {', '.join(sorted(unknown))}; configured: {', '.join(sorted(known))}"
             )
-        for part in FREEZABLE_PARTS:
-            getattr(self, part).trainable = part not in frozen
+        self.backbone.trainable = "backbone" not in frozen
+        self.head.trainable = "head" not in frozen
+        for layer in self.backbone._flatten_layers():  # set alone: the backbone's flag reaches them only on a change
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = not {"backbone", "batch_norm"} & set(frozen)
         self.frozen = tuple(frozen)
         self.identity_loss_enabled = bool(identity_loss)
         self.active_plugins = active
@@ -243,6 +251,8 @@ class FaceTrainer(keras.Model):
             branch_gradients = rescale_gradients(branch_gradients, self.optimizer, branch.optimizer)
             branch_updates.append((branch.optimizer, branch_gradients, variables))
             offset += len(variables)
+        branch_slots = [None] * (offset - len(main_variables))
+        gradients = self._with_part_rates(gradients, main_variables + branch_slots + sharded_variables)
         if sharded_variables:
             self.head.apply_sharded_gradients(gradients[offset:], self.optimizer)
         self.optimizer.apply(gradients[: len(main_variables)], main_variables)
@@ -259,6 +269,21 @@ class FaceTrainer(keras.Model):
         if self.skipped_tracker is not None:
             self.skipped_tracker.update_state(tf.reduce_sum(tf.cast(data["skipped_records"], tf.float32)))
         return self._logs(self.metrics)
+
+    def _with_part_rates(self, gradients: List, variables: List) -> List:
+        """Each backbone or head variable's gradient times its part's learning_rate_multipliers factor (variables:
+        aligned with gradients, None where no factor applies)."""
+        if not self.learning_rate_multipliers:
+            return gradients
+        factors = {id(v): self.learning_rate_multipliers.get(part, 1.0)
+                   for part in ("backbone", "head") for v in getattr(self, part).weights}
+        factors.update({id(v): self.learning_rate_multipliers.get("head", 1.0)
+                        for v in getattr(self.head, "sharded_variables", ())})
+        scaled = []
+        for gradient, variable in zip(gradients, variables):
+            factor = factors.get(id(variable), 1.0) if variable is not None else 1.0
+            scaled.append(gradient if gradient is None or factor == 1.0 else gradient * factor)
+        return scaled
 
     @staticmethod
     def _logs(metrics) -> Dict[str, tf.Tensor]:
