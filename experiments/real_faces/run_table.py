@@ -28,10 +28,13 @@ from typing import Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfface import atomic, cli  # noqa: E402
+
+cli.prefer_onednn()  # before TensorFlow: training steps take about half the time on the AVX2 development machine
+
 import numpy as np  # noqa: E402
 
 from experiments.real_faces import prepare_cfp  # noqa: E402
-from tfface import atomic, cli  # noqa: E402
 from tfface.errors import ConfigError  # noqa: E402
 
 DATA = Path("data/cfp")
