@@ -17,6 +17,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as trainers.train (tfface.cli.prefer_onednn) does
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -603,9 +603,10 @@ def test_server_cli_serves_on_loopback_and_stops_on_sigterm(base_path):
     assert any("--rest_api_port 8501 ignored" in line for line in lines)
 
 
-def test_the_server_process_runs_onednn_kernels():
+@pytest.mark.parametrize("module", ["serving.server", "trainers.train", "tools.evaluate"])
+def test_the_server_trainer_and_evaluator_run_onednn_kernels(module):
     environment = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
-    probe = ("import serving.server, os; from tensorflow.python.util import _pywrap_util_port as port; "
+    probe = (f"import {module}, os; from tensorflow.python.util import _pywrap_util_port as port; "
              "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], port.IsMklEnabled())")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=environment, capture_output=True, text=True,
                             timeout=600)

@@ -80,11 +80,12 @@ def quiet_tensorflow(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def prefer_onednn() -> None:
-    """Call before the first `import tensorflow` (the model server, its benchmarks, the real-face study): turns on
-    TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS=1) unless TF_ENABLE_ONEDNN_OPTS is set already (the user's
-    setting wins). TensorFlow enables them by itself only on CPUs with AVX-512 VNNI, BF16 or AMX; on the AVX2-only
-    development machine its default kernels ran the MobileFaceNet SavedModel at batch 64 at 28 images per
-    CPU-second, oneDNN's at 51 (answers equal to 2.5e-7). Does nothing once TensorFlow is imported."""
+    """Call before the first `import tensorflow` (trainers.train, tools.evaluate, the model server, the real-face
+    study): turns on TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS=1) unless TF_ENABLE_ONEDNN_OPTS is set
+    already (the user's setting wins). TensorFlow enables them by itself only on CPUs with AVX-512 VNNI, BF16 or AMX;
+    on the AVX2-only development machine its default kernels ran the MobileFaceNet SavedModel at batch 64 at 28 images
+    per CPU-second, oneDNN's at 51 (answers equal to 2.5e-7), and training steps at about half oneDNN's rate.
+    Does nothing once TensorFlow is imported."""
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 

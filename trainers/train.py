@@ -16,6 +16,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 from tfface import cli  # noqa: E402
 
+cli.prefer_onednn()  # before TensorFlow's first import: about 2x faster CPU training steps on AVX2 CPUs
 cli.quiet_tensorflow()  # before TensorFlow's first import
 
 import keras  # noqa: E402
